@@ -1,0 +1,35 @@
+"""eventhub-log: a durable pub/sub hub with replay (the Pikku EventHub API on a SQL log)."""
+
+from .delivery import Feed
+from .errors import (
+    DatabaseUnavailable,
+    EventHubError,
+    HubNotStarted,
+    InvalidCursor,
+    InvalidPayload,
+    InvalidSubscriber,
+    InvalidTopic,
+    SchemaError,
+    StorageError,
+    ValidationError,
+)
+from .hub import EventHub
+from .model import Event, Gap, TopicInfo
+
+__all__ = [
+    "DatabaseUnavailable",
+    "Event",
+    "EventHub",
+    "EventHubError",
+    "Feed",
+    "Gap",
+    "HubNotStarted",
+    "InvalidCursor",
+    "InvalidPayload",
+    "InvalidSubscriber",
+    "InvalidTopic",
+    "SchemaError",
+    "StorageError",
+    "TopicInfo",
+    "ValidationError",
+]

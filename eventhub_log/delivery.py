@@ -1,0 +1,273 @@
+"""Live fan-out to local feeds, catch-up from the log, and backpressure.
+
+Positions are gapless: each write transaction takes the next contiguous range
+under the ``log_head`` row lock and a rollback gives its range back. So the
+``Dispatcher`` can tell, from positions alone, whether it has seen every
+committed event. A contiguous run (the local writer's batch, straight after its
+commit) is fanned out with no database read; anything that does not follow on
+(another process wrote in between, a wake-up from another instance, a publish
+inside a caller's own transaction) makes it read the log from the last position
+it delivered. Either way each feed sees events in position order, once.
+
+Each ``Feed`` has a bounded buffer. A feed whose reader falls behind is not fed
+live any more: its buffer is dropped and it catches up from the log by itself,
+so a slow reader costs memory up to its bound and never blocks a publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Protocol
+
+from .model import Event
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_PAGE = 1000
+
+
+class LogReader(Protocol):
+    def __call__(
+        self,
+        after_position: int,
+        topic_names: Collection[str] | None,
+        subscriber_id: str | None,
+        limit: int,
+    ) -> Awaitable[list[Event]]: ...
+
+
+class Feed:
+    """Events of a set of topics after a position: replay first, then live."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        reader: LogReader,
+        subscriber_id: str,
+        topic_names: Iterable[str],
+        *,
+        max_buffer: int = 1000,
+        connection_id: str | None = None,
+    ) -> None:
+        self.subscriber_id = subscriber_id
+        self.connection_id = connection_id or f"feed-{next(self._ids)}"
+        self.topics: set[str] = set(topic_names)
+        self._reader = reader
+        self._max_buffer = max_buffer
+        self._live: deque[Event] = deque()
+        self._replayed: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self._catch_up_requests = 0
+        self._started = False
+        self._closed = False
+        # Highest position handed to the reader of this feed (or queued for it).
+        self._through = 0
+        self.position = 0
+        self.overflows = 0
+
+    def start(self, after_position: int, *, replay: bool) -> None:
+        self._through = self.position = after_position
+        self._started = True
+        if replay:
+            self.request_catch_up()
+
+    @property
+    def cursor(self) -> str:
+        return str(self.position)
+
+    # Called by the dispatcher ------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        if event.topic not in self.topics or not event.visible_to(self.subscriber_id):
+            return
+        if len(self._live) >= self._max_buffer:
+            # Too far behind to keep feeding live: catch up from the log instead.
+            self.overflows += 1
+            self.request_catch_up()
+            return
+        self._live.append(event)
+        self._wake.set()
+
+    def request_catch_up(self) -> None:
+        self._live.clear()
+        self._catch_up_requests += 1
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # Called by the reader ----------------------------------------------------
+
+    async def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, or ``None`` after ``timeout`` seconds with nothing new.
+
+        Raises ``StopAsyncIteration`` once the feed is closed. A timeout only ever
+        interrupts the wait, never a read of the log, so nothing is lost to it.
+        """
+        while True:
+            if self._replayed:
+                return self._hand_out(self._replayed.popleft())
+            if self._catch_up_requests and self._started:
+                await self._catch_up_page()
+                continue
+            while self._live:
+                event = self._live.popleft()
+                if event.position > self._through:
+                    self._through = event.position
+                    return self._hand_out(event)
+            if self._closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            if timeout is None:
+                await self._wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    return None
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self.next()
+        assert event is not None
+        return event
+
+    def _hand_out(self, event: Event) -> Event:
+        self.position = event.position
+        return event
+
+    async def _catch_up_page(self) -> None:
+        requests = self._catch_up_requests
+        page = await self._reader(self._through, self.topics, self.subscriber_id, CATCH_UP_PAGE)
+        if page:
+            self._through = page[-1].position
+            self._replayed.extend(page)
+        if len(page) < CATCH_UP_PAGE and requests == self._catch_up_requests:
+            # Reached the head with no new overflow meanwhile: live from here on.
+            self._catch_up_requests = 0
+
+
+class Dispatcher:
+    """Routes committed events to the feeds of their topics, in position order."""
+
+    def __init__(self, reader: LogReader, head: Callable[[], Awaitable[int]]) -> None:
+        self._reader = reader
+        self._head = head
+        self._by_topic: dict[str, set[Feed]] = {}
+        self._by_subscriber: dict[str, set[Feed]] = {}
+        self.through = 0
+        self._catch_up_needed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.through = await self._head()
+        self._task = asyncio.create_task(self._catch_up_loop(), name="eventhub-log catch-up")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for feeds in list(self._by_subscriber.values()):
+            for feed in list(feeds):
+                feed.close()
+
+    # Feeds -------------------------------------------------------------------
+
+    def add(self, feed: Feed) -> None:
+        for topic in feed.topics:
+            self._by_topic.setdefault(topic, set()).add(feed)
+        self._by_subscriber.setdefault(feed.subscriber_id, set()).add(feed)
+
+    def remove(self, feed: Feed) -> None:
+        for topic in feed.topics:
+            self._discard(topic, feed)
+        feeds = self._by_subscriber.get(feed.subscriber_id)
+        if feeds is not None:
+            feeds.discard(feed)
+            if not feeds:
+                del self._by_subscriber[feed.subscriber_id]
+
+    def feeds_of(self, subscriber_id: str) -> set[Feed]:
+        return set(self._by_subscriber.get(subscriber_id, ()))
+
+    def add_topic(self, subscriber_id: str, topic: str) -> None:
+        for feed in self._by_subscriber.get(subscriber_id, ()):
+            feed.topics.add(topic)
+            self._by_topic.setdefault(topic, set()).add(feed)
+
+    def remove_topic(self, subscriber_id: str, topic: str) -> None:
+        for feed in self._by_subscriber.get(subscriber_id, ()):
+            feed.topics.discard(topic)
+            self._discard(topic, feed)
+
+    def _discard(self, topic: str, feed: Feed) -> None:
+        feeds = self._by_topic.get(topic)
+        if feeds is not None:
+            feeds.discard(feed)
+            if not feeds:
+                del self._by_topic[topic]
+
+    @property
+    def feed_count(self) -> int:
+        return sum(len(feeds) for feeds in self._by_subscriber.values())
+
+    # Events ------------------------------------------------------------------
+
+    def deliver(self, events: list[Event], *, from_log: bool = False) -> None:
+        """Fan out events known to be committed, in position order.
+
+        ``from_log``: the events were just read from the log after ``through``, so
+        a hole between them is one retention made, not one still to come.
+        """
+        for event in events:
+            if event.position <= self.through:
+                continue
+            if event.position != self.through + 1 and not from_log:
+                # Something committed in between that we have not seen: the
+                # catch-up task reads it (and these) from the log, in order.
+                self.wake()
+                return
+            self.through = event.position
+            for feed in self._by_topic.get(event.topic, ()):
+                feed.offer(event)
+
+    def wake(self) -> None:
+        """Check the log for events committed by someone else."""
+        self._catch_up_needed.set()
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            await self._catch_up_needed.wait()
+            self._catch_up_needed.clear()
+            try:
+                await self._catch_up()
+            except Exception:
+                # The database may be down; the next wake-up or poll tries again.
+                log.warning("catch-up from the log failed", exc_info=True)
+                await asyncio.sleep(0.5)
+                self._catch_up_needed.set()
+
+    async def _catch_up(self) -> None:
+        while True:
+            if not self._by_topic:
+                self.through = max(self.through, await self._head())
+                return
+            page = await self._reader(self.through, None, None, CATCH_UP_PAGE)
+            self.deliver(page, from_log=True)
+            if len(page) < CATCH_UP_PAGE:
+                return

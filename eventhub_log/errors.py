@@ -1,0 +1,48 @@
+"""The error hierarchy: every failure the library raises is an ``EventHubError``.
+
+Driver errors are translated at the store boundary, so callers (and the HTTP
+layer, which maps these classes to status codes in one place) never need to know
+whether SQLite or PostgreSQL is underneath.
+"""
+
+from __future__ import annotations
+
+
+class EventHubError(Exception):
+    """Base class of everything eventhub-log raises on purpose."""
+
+
+class ValidationError(EventHubError, ValueError):
+    """Input was rejected before anything was written."""
+
+
+class InvalidTopic(ValidationError):
+    """A topic name breaks the naming rule."""
+
+
+class InvalidPayload(ValidationError):
+    """A payload cannot be stored as JSON."""
+
+
+class InvalidSubscriber(ValidationError):
+    """A subscriber id is empty, too long or not a string."""
+
+
+class InvalidCursor(ValidationError):
+    """A resume cursor (``Last-Event-ID``) is not one this hub hands out."""
+
+
+class HubNotStarted(EventHubError, RuntimeError):
+    """The hub was used outside ``async with hub:`` (or after it closed)."""
+
+
+class SchemaError(EventHubError):
+    """The database schema is not at a revision this version understands."""
+
+
+class StorageError(EventHubError):
+    """The database failed to do what was asked; nothing was acknowledged."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached right now; retry later."""

@@ -1,0 +1,434 @@
+"""EventHub: the seed's subscribe / unsubscribe / publish on a durable, ordered log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Literal
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from .delivery import Dispatcher, Feed
+from .errors import HubNotStarted, InvalidCursor, ValidationError
+from .log import GroupCommitWriter
+from .migrations import ensure_schema
+from .model import Event, PendingEvent, TopicInfo, parse_cursor
+from .notify import Notifier, PollingNotifier
+from .store import queries
+from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
+from .validation import encode_payload, validate_exclude, validate_subscriber, validate_topic
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["stateful", "stateless"]
+MAX_HISTORY_LIMIT = 1000
+
+
+class EventHub:
+    """A topic pub/sub hub whose every publish is appended to a SQL log.
+
+    ``mode="stateful"`` (the default) assumes this process does the publishing:
+    its own commits reach its streams with no extra read, and a slow poll notices
+    anyone else's. ``mode="stateless"`` is for several processes sharing one
+    database: every process watches the log closely and delivers whatever lands.
+    """
+
+    def __init__(
+        self,
+        database_url: str | AsyncEngine = DEFAULT_DATABASE_URL,
+        *,
+        mode: Mode = "stateful",
+        auto_migrate: bool | None = None,
+        max_batch: int = 1000,
+        stream_buffer: int = 1000,
+        poll_interval: float | None = None,
+        heartbeat_interval: float = 5.0,
+        instance_ttl: float = 30.0,
+        sqlite_synchronous: str = "FULL",
+        instance_id: str | None = None,
+    ) -> None:
+        if mode not in ("stateful", "stateless"):
+            raise ValueError("mode must be 'stateful' or 'stateless'")
+        if max_batch < 1 or stream_buffer < 1:
+            raise ValueError("max_batch and stream_buffer must be at least 1")
+        self.mode: Mode = mode
+        self.database: Database = open_database(database_url, sqlite_synchronous=sqlite_synchronous)
+        self._owns_engine = not isinstance(database_url, AsyncEngine)
+        self._auto_migrate = self.database.is_sqlite if auto_migrate is None else auto_migrate
+        self._stream_buffer = stream_buffer
+        self._poll_interval = poll_interval or (1.0 if mode == "stateful" else 0.05)
+        self._heartbeat_interval = heartbeat_interval
+        self._instance_ttl = instance_ttl
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self._dispatcher = Dispatcher(self._read_after, self._head_position)
+        self._writer = GroupCommitWriter(self.database, self._committed, max_batch=max_batch)
+        self._notifiers: list[Notifier] = []
+        self._maintenance: asyncio.Task[None] | None = None
+        self._running = False
+
+    # Lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> EventHub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        await ensure_schema(self.database, upgrade=self._auto_migrate)
+        async with self.database.write() as conn:
+            await queries.heartbeat(conn, self.instance_id, _now(), started=True)
+        await self._dispatcher.start()
+        self._writer.start()
+        self._notifiers = [
+            PollingNotifier(self._head_position, self._delivered, self._poll_interval)
+        ]
+        for notifier in self._notifiers:
+            await notifier.start(self._dispatcher.wake)
+        self._maintenance = asyncio.create_task(self._maintain(), name="eventhub-log heartbeat")
+        self._running = True
+
+    async def close(self) -> None:
+        """Commit what is queued, end the streams, remove this instance's rows."""
+        if not self._running:
+            if self._owns_engine:
+                await self.database.engine.dispose()
+            return
+        self._running = False
+        await self._writer.stop()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        for notifier in self._notifiers:
+            await notifier.stop()
+        await self._dispatcher.stop()
+        with contextlib.suppress(Exception):
+            async with self.database.write() as conn:
+                await queries.remove_instance(conn, self.instance_id)
+        if self._owns_engine:
+            await self.database.engine.dispose()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise HubNotStarted(
+                "the hub is not running: use `async with EventHub(...) as hub:` "
+                "or call `await hub.start()` first"
+            )
+
+    # The seed API --------------------------------------------------------------
+
+    async def subscribe(self, topic: str, subscriber_id: str) -> None:
+        """Subscribe (idempotent). An open stream of this subscriber gets the topic too."""
+        validate_topic(topic)
+        validate_subscriber(subscriber_id)
+        self._require_running()
+        async with self.database.write() as conn:
+            await queries.add_subscriptions(
+                conn, self.database.dialect, subscriber_id, [topic], _now()
+            )
+        self._dispatcher.add_topic(subscriber_id, topic)
+
+    async def unsubscribe(self, topic: str, subscriber_id: str) -> bool:
+        """Remove one subscription; ``False`` when there was none."""
+        validate_topic(topic)
+        validate_subscriber(subscriber_id)
+        self._require_running()
+        async with self.database.write() as conn:
+            removed = await queries.remove_subscription(conn, topic, subscriber_id)
+        self._dispatcher.remove_topic(subscriber_id, topic)
+        return removed
+
+    async def unsubscribe_all(self, subscriber_id: str) -> int:
+        """Remove every row of a subscriber in one transaction (what a disconnect does)."""
+        validate_subscriber(subscriber_id)
+        self._require_running()
+        async with self.database.write() as conn:
+            removed = await queries.remove_subscriber(conn, subscriber_id)
+        for feed in self._dispatcher.feeds_of(subscriber_id):
+            for topic in list(feed.topics):
+                self._dispatcher.remove_topic(subscriber_id, topic)
+        return removed
+
+    async def publish(self, topic: str, exclude_id: str | None, payload: Any) -> Event:
+        """Append one event; returns it once committed. ``exclude_id``: who not to tell."""
+        pending = _pending(topic, exclude_id, payload)
+        self._require_running()
+        (event,) = await self._writer.submit([pending])
+        return event
+
+    async def publish_many(self, items: Iterable[tuple[str, str | None, Any]]) -> list[Event]:
+        """Append several ``(topic, exclude_id, payload)`` events atomically, in order."""
+        pending = [_pending(topic, exclude, payload) for topic, exclude, payload in items]
+        if not pending:
+            raise ValidationError("a batch needs at least one event")
+        self._require_running()
+        return await self._writer.submit(pending)
+
+    async def publish_in(
+        self,
+        transaction: AsyncConnection | AsyncSession,
+        topic: str,
+        exclude_id: str | None,
+        payload: Any,
+    ) -> Event:
+        """Append inside the caller's transaction: the event exists iff it commits.
+
+        Streams get the event after the commit. On SQLite, begin that transaction
+        with ``hub.transaction()`` (or ``BEGIN IMMEDIATE``) so that it cannot fail
+        on lock upgrade; on PostgreSQL it holds the log's write lock until it ends,
+        so keep it short.
+        """
+        pending = _pending(topic, exclude_id, payload)
+        self._require_running()
+        conn = (
+            await transaction.connection() if isinstance(transaction, AsyncSession) else transaction
+        )
+        with translate_errors():
+            (event,) = await queries.append(conn, self.database.dialect, [pending], _now())
+        if isinstance(transaction, AsyncSession):
+            sa_event.listen(
+                transaction.sync_session, "after_commit", self._wake_after_commit, once=True
+            )
+        return event
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for your own statements plus ``publish_in``; streams
+        are told once it commits."""
+        self._require_running()
+        async with self.database.write() as conn:
+            yield conn
+        self._dispatcher.wake()
+
+    def _wake_after_commit(self, _session: Any) -> None:
+        self._dispatcher.wake()
+
+    # Reading -------------------------------------------------------------------
+
+    async def history(
+        self,
+        topic: str,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[Event]:
+        """A page of a topic's events; page on by ``after_seq`` (or ``before_seq``)."""
+        validate_topic(topic)
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise ValidationError(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
+        if order not in ("asc", "desc"):
+            raise ValidationError("order must be 'asc' or 'desc'")
+        async with self.database.read() as conn:
+            return await queries.history(
+                conn,
+                topic,
+                after_seq=after_seq,
+                before_seq=before_seq,
+                since=since,
+                until=until,
+                descending=order == "desc",
+                limit=limit,
+            )
+
+    async def export(
+        self,
+        topic: str,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> AsyncIterator[Event]:
+        """Every selected event, streamed from the database without loading it all."""
+        validate_topic(topic)
+        async with self.database.read() as conn:
+            async for event in queries.stream_history(
+                conn,
+                topic,
+                after_seq=after_seq,
+                before_seq=before_seq,
+                since=since,
+                until=until,
+                descending=order == "desc",
+            ):
+                yield event
+
+    async def topics(self) -> list[TopicInfo]:
+        async with self.database.read() as conn:
+            return await queries.topic_infos(conn)
+
+    async def subscriptions(self, subscriber_id: str) -> list[str]:
+        validate_subscriber(subscriber_id)
+        async with self.database.read() as conn:
+            return await queries.subscriber_topics(conn, subscriber_id)
+
+    async def subscribers(self, topic: str) -> list[str]:
+        validate_topic(topic)
+        async with self.database.read() as conn:
+            return await queries.topic_subscribers(conn, topic)
+
+    async def head(self) -> str:
+        """The cursor of the newest committed event (``"0"`` for an empty log)."""
+        return str(await self._head_position())
+
+    # Streams -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        topics: Collection[str],
+        subscriber_id: str | None = None,
+        *,
+        after: str | None = None,
+        from_earliest: bool = False,
+        buffer: int | None = None,
+    ) -> AsyncIterator[Feed]:
+        """Open a live feed: its subscription rows exist while it is open.
+
+        With ``after`` (a cursor) it replays what was published since, then goes
+        live; with ``from_earliest`` it replays all retained history first; else it
+        starts at the head. Events excluding this subscriber are never delivered.
+        The subscriber's rows are removed in one transaction when the block exits,
+        even when the surrounding task is being cancelled.
+        """
+        for topic in topics:
+            validate_topic(topic)
+        subscriber = validate_subscriber(subscriber_id or f"sub-{uuid.uuid4().hex}")
+        start_after = None if after is None else parse_cursor(after)
+        self._require_running()
+        feed = Feed(
+            self._read_after,
+            subscriber,
+            topics,
+            max_buffer=buffer or self._stream_buffer,
+            connection_id=uuid.uuid4().hex,
+        )
+        self._dispatcher.add(feed)  # before reading the head: nothing falls between
+        try:
+            async with self.database.write() as conn:
+                await queries.add_subscriptions(
+                    conn,
+                    self.database.dialect,
+                    subscriber,
+                    feed.topics,
+                    _now(),
+                    connection_id=feed.connection_id,
+                    instance_id=self.instance_id,
+                )
+                existing = await queries.subscriber_topics(conn, subscriber)
+                head = await queries.head_position(conn)
+            for topic in existing:
+                self._dispatcher.add_topic(subscriber, topic)
+            if start_after is not None and start_after > head:
+                raise InvalidCursor(
+                    f"cursor {after!r} is ahead of this log (newest is {head}): "
+                    "it was not issued by this database"
+                )
+            if from_earliest:
+                feed.start(0, replay=True)
+            elif start_after is not None:
+                feed.start(start_after, replay=start_after < head)
+            else:
+                feed.start(head, replay=False)
+            yield feed
+        finally:
+            self._dispatcher.remove(feed)
+            feed.close()
+            await _shielded(self._release(feed))
+
+    async def _release(self, feed: Feed) -> None:
+        try:
+            async with self.database.write() as conn:
+                await queries.remove_subscriber(
+                    conn, feed.subscriber_id, connection_id=feed.connection_id
+                )
+        except Exception:
+            # The heartbeat sweep removes them when this instance is gone.
+            log.warning("could not remove the rows of %s", feed.subscriber_id, exc_info=True)
+
+    # Internals -----------------------------------------------------------------
+
+    def _committed(self, events: list[Event], previous_head: int) -> None:
+        self._dispatcher.deliver(events)
+
+    def _delivered(self) -> int:
+        return self._dispatcher.through
+
+    async def _read_after(
+        self,
+        after_position: int,
+        topic_names: Collection[str] | None,
+        subscriber_id: str | None,
+        limit: int,
+    ) -> list[Event]:
+        async with self.database.read() as conn:
+            return await queries.read_after(conn, after_position, topic_names, subscriber_id, limit)
+
+    async def _head_position(self) -> int:
+        async with self.database.read() as conn:
+            return await queries.head_position(conn)
+
+    async def _maintain(self) -> None:
+        """Keep this instance's heartbeat and sweep the rows of dead instances."""
+        ttl = timedelta(seconds=self._instance_ttl)
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            try:
+                async with self.database.write() as conn:
+                    now = _now()
+                    await queries.heartbeat(conn, self.instance_id, now)
+                    swept = await queries.sweep_expired(conn, now - ttl)
+                if swept:
+                    log.info("removed %d subscription rows of expired instances", swept)
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+
+
+def _pending(topic: str, exclude_id: str | None, payload: Any) -> PendingEvent:
+    return PendingEvent(
+        topic=validate_topic(topic),
+        payload_json=encode_payload(payload),
+        exclude_id=validate_exclude(exclude_id),
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _shielded(coro: Any) -> None:
+    """Run cleanup to the end even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+__all__ = ["EventHub", "Mode"]

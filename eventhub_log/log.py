@@ -1,0 +1,130 @@
+"""The append path: one writer task commits concurrent publishes together.
+
+A commit costs the same whether it carries one event or a hundred, so callers do
+not each open a transaction. They queue a ``Submission`` and wait; the writer
+takes everything queued (up to ``max_batch`` events), appends it in one
+transaction, and resolves each caller's future only after that commit. While a
+commit is in flight the next batch gathers, so the batch size follows the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .errors import EventHubError, HubNotStarted, StorageError
+from .model import Event, PendingEvent
+from .store import queries
+from .store.database import Database
+
+log = logging.getLogger(__name__)
+
+CommitListener = Callable[[list[Event], int], None]
+
+
+@dataclass
+class Submission:
+    """One caller's events, appended atomically (all or none)."""
+
+    events: Sequence[PendingEvent]
+    future: asyncio.Future[list[Event]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        database: Database,
+        on_commit: CommitListener,
+        *,
+        max_batch: int = 1000,
+    ) -> None:
+        self._database = database
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._queue: deque[Submission] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="eventhub-log writer")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, events: Sequence[PendingEvent]) -> list[Event]:
+        if self._task is None or self._closing:
+            raise HubNotStarted("the hub is not running: use `async with hub:` around publishes")
+        submission = Submission(events)
+        self._queue.append(submission)
+        self._wakeup.set()
+        # Shielded: a cancelled caller must not tear a submission out of a batch
+        # that may already be committing; the event still lands.
+        return await asyncio.shield(submission.future)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            try:
+                await self._commit(batch)
+            except EventHubError as exc:
+                if len(batch) > 1:
+                    # One bad submission must not fail its neighbours: retry alone.
+                    for submission in batch:
+                        await self._commit_or_fail(submission)
+                else:
+                    _fail(batch[0], exc)
+            except Exception as exc:  # never let the writer die silently
+                log.exception("writer failed to commit a batch")
+                for submission in batch:
+                    _fail(submission, StorageError(f"could not commit: {exc}"))
+
+    def _take_batch(self) -> list[Submission]:
+        batch = [self._queue.popleft()]
+        size = len(batch[0].events)
+        while self._queue and size + len(self._queue[0].events) <= self._max_batch:
+            submission = self._queue.popleft()
+            batch.append(submission)
+            size += len(submission.events)
+        return batch
+
+    async def _commit_or_fail(self, submission: Submission) -> None:
+        try:
+            await self._commit([submission])
+        except Exception as exc:
+            _fail(submission, exc if isinstance(exc, EventHubError) else StorageError(str(exc)))
+
+    async def _commit(self, batch: list[Submission]) -> None:
+        pending = [event for submission in batch for event in submission.events]
+        now = datetime.now(UTC)
+        async with self._database.write() as conn:
+            stored = await queries.append(conn, self._database.dialect, pending, now)
+        self._on_commit(stored, stored[0].position - 1)
+        offset = 0
+        for submission in batch:
+            count = len(submission.events)
+            if not submission.future.done():
+                submission.future.set_result(stored[offset : offset + count])
+            offset += count
+
+
+def _fail(submission: Submission, exc: BaseException) -> None:
+    if not submission.future.done():
+        submission.future.set_exception(exc)

@@ -1,0 +1,104 @@
+"""Immutable values that leave the store: events, topic summaries, gaps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """One committed event of the log.
+
+    ``position`` orders events across all topics in commit order; ``id`` is the
+    same number as an opaque string and is the cursor clients resume from.
+    The payload is kept as the JSON text that was stored, so transports can
+    write it out without encoding it again.
+    """
+
+    topic: str
+    seq: int
+    position: int
+    published_at: datetime
+    payload_json: str
+    exclude_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        return format_cursor(self.position)
+
+    @cached_property
+    def payload(self) -> Any:
+        return json.loads(self.payload_json)
+
+    def visible_to(self, subscriber_id: str | None) -> bool:
+        return self.exclude_id is None or self.exclude_id != subscriber_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "seq": self.seq,
+            "id": self.id,
+            "payload": self.payload,
+            "published_at": format_timestamp(self.published_at),
+            "exclude": self.exclude_id,
+        }
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Events a resuming reader needed were deleted by retention."""
+
+    topic: str
+    from_seq: int
+    to_seq: int
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    topic: str
+    last_seq: int
+    event_count: int
+    first_published_at: datetime | None
+    last_published_at: datetime | None
+    subscriber_count: int
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """A validated event waiting for the writer; the payload is already JSON text."""
+
+    topic: str
+    payload_json: str
+    exclude_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    events: list[Event] = field(default_factory=list)
+    has_more: bool = False
+
+
+def format_cursor(position: int) -> str:
+    return str(position)
+
+
+def parse_cursor(value: str) -> int:
+    """Turn a cursor back into a log position; raises ``InvalidCursor``."""
+    from .errors import InvalidCursor
+
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise InvalidCursor(
+            f"invalid cursor {value[:64]!r}: expected an event id sent by this server "
+            "(a non-negative integer)"
+        )
+    return int(text)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. ``2026-01-02T03:04:05.000006Z``."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,111 @@
+"""Engines and transactions, chosen by URL, with driver errors translated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import DatabaseUnavailable, EventHubError, StorageError
+from . import postgresql, sqlite
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///eventhub.db"
+
+
+@dataclass(frozen=True)
+class Database:
+    """An engine plus the module that knows its dialect's quirks."""
+
+    engine: AsyncEngine
+    dialect: ModuleType
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        with translate_errors():
+            async with self.engine.connect() as conn:
+                await conn.execution_options(**{sqlite.WRITE_OPTION: True})
+                async with conn.begin():
+                    yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        with translate_errors():
+            async with self.engine.connect() as conn:
+                yield conn
+
+
+def open_database(
+    url_or_engine: str | AsyncEngine,
+    *,
+    sqlite_synchronous: str = "FULL",
+    busy_timeout_ms: int = 30_000,
+    pool_size: int = 10,
+) -> Database:
+    if isinstance(url_or_engine, AsyncEngine):
+        engine = url_or_engine
+        dialect = _dialect_module(engine.dialect.name)
+    else:
+        url = make_url(url_or_engine)
+        dialect = _dialect_module(url.get_backend_name())
+        if url.get_backend_name() == "sqlite":
+            _ensure_parent_directory(url.database)
+            engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        else:
+            engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+    if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    dialect.configure(
+        engine, synchronous=sqlite_synchronous.upper(), busy_timeout_ms=busy_timeout_ms
+    )
+    return Database(engine=engine, dialect=dialect)
+
+
+def _dialect_module(name: str) -> ModuleType:
+    if name == "sqlite":
+        return sqlite
+    if name in ("postgresql", "postgres"):
+        return postgresql
+    raise ValueError(
+        f"unsupported database {name!r}: use sqlite+aiosqlite:///FILE or "
+        "postgresql+asyncpg://USER@HOST/DB"
+    )
+
+
+def _ensure_parent_directory(database: str | None) -> None:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        parent = os.path.dirname(os.path.abspath(database))
+        os.makedirs(parent, exist_ok=True)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except EventHubError:
+        raise
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable(f"database connection lost: {_first_line(exc)}") from exc
+        raise StorageError(f"database error: {_first_line(exc)}") from exc
+    except sa_exc.SQLAlchemyError as exc:
+        raise StorageError(f"database error: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,305 @@
+"""Every SQL statement of the library, as small functions over a connection."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import datetime
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..model import Event, PendingEvent, TopicInfo
+from .tables import events, instances, log_head, subscriptions, topics
+
+_EVENT_COLUMNS = (
+    events.c.topic,
+    events.c.seq,
+    events.c.position,
+    events.c.published_at,
+    events.c.payload,
+    events.c.exclude_id,
+)
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        topic=row[0],
+        seq=row[1],
+        position=row[2],
+        published_at=row[3],
+        payload_json=row[4],
+        exclude_id=row[5],
+    )
+
+
+async def append(
+    conn: AsyncConnection, dialect: ModuleType, pending: Sequence[PendingEvent], now: datetime
+) -> list[Event]:
+    """Append events inside the caller's write transaction.
+
+    The first statement bumps the single ``log_head`` row. That row lock is held
+    until commit, so write transactions allocate positions one after another and
+    commit in that same order: a reader that has seen position N has also seen
+    everything below N. Without it (an identity column or sequence) PostgreSQL
+    hands out numbers at insert time but shows them at commit time, and a reader
+    could see 11 before 10 and, resuming after 11, lose 10 for good.
+    """
+    count = len(pending)
+    head = (
+        await conn.execute(
+            update(log_head)
+            .where(log_head.c.id == 1)
+            .values(position=log_head.c.position + count)
+            .returning(log_head.c.position)
+        )
+    ).scalar_one()
+    next_position = head - count + 1
+
+    per_topic = Counter(item.topic for item in pending)
+    upsert = dialect.topics_upsert(
+        [
+            {"topic": topic, "last_seq": n, "created_at": now, "last_published_at": now}
+            for topic, n in per_topic.items()
+        ]
+    )
+    next_seq = {
+        topic: last_seq - per_topic[topic] + 1
+        for topic, last_seq in (await conn.execute(upsert)).all()
+    }
+
+    stored: list[Event] = []
+    for offset, item in enumerate(pending):
+        seq = next_seq[item.topic]
+        next_seq[item.topic] = seq + 1
+        stored.append(
+            Event(
+                topic=item.topic,
+                seq=seq,
+                position=next_position + offset,
+                published_at=now,
+                payload_json=item.payload_json,
+                exclude_id=item.exclude_id,
+            )
+        )
+    await conn.execute(
+        events.insert(),
+        [
+            {
+                "topic": ev.topic,
+                "seq": ev.seq,
+                "position": ev.position,
+                "payload": ev.payload_json,
+                "exclude_id": ev.exclude_id,
+                "published_at": now,
+            }
+            for ev in stored
+        ],
+    )
+    return stored
+
+
+async def head_position(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(log_head.c.position))).scalar_one())
+
+
+async def read_after(
+    conn: AsyncConnection,
+    after_position: int,
+    topic_names: Collection[str] | None,
+    subscriber_id: str | None,
+    limit: int,
+) -> list[Event]:
+    """Events after a position, in position order; ``None`` topics means all."""
+    query = select(*_EVENT_COLUMNS).where(events.c.position > after_position)
+    if topic_names is not None:
+        query = query.where(events.c.topic.in_(sorted(topic_names)))
+    if subscriber_id is not None:
+        query = query.where(
+            or_(events.c.exclude_id.is_(None), events.c.exclude_id != subscriber_id)
+        )
+    rows = await conn.execute(query.order_by(events.c.position).limit(limit))
+    return [_event(row) for row in rows]
+
+
+def history_query(
+    topic: str,
+    *,
+    after_seq: int | None = None,
+    before_seq: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    descending: bool = False,
+    limit: int | None = None,
+) -> Any:
+    conditions = [events.c.topic == topic]
+    if after_seq is not None:
+        conditions.append(events.c.seq > after_seq)
+    if before_seq is not None:
+        conditions.append(events.c.seq < before_seq)
+    if since is not None:
+        conditions.append(events.c.published_at >= since)
+    if until is not None:
+        conditions.append(events.c.published_at < until)
+    order = events.c.seq.desc() if descending else events.c.seq.asc()
+    query = select(*_EVENT_COLUMNS).where(and_(*conditions)).order_by(order)
+    return query if limit is None else query.limit(limit)
+
+
+async def history(conn: AsyncConnection, topic: str, **filters: Any) -> list[Event]:
+    return [_event(row) for row in await conn.execute(history_query(topic, **filters))]
+
+
+async def stream_history(conn: AsyncConnection, topic: str, **filters: Any) -> AsyncIterator[Event]:
+    result = await conn.stream(history_query(topic, **filters).execution_options(yield_per=500))
+    async for row in result:
+        yield _event(row)
+
+
+async def event_at(conn: AsyncConnection, position: int) -> Event | None:
+    row = (await conn.execute(select(*_EVENT_COLUMNS).where(events.c.position == position))).first()
+    return None if row is None else _event(row)
+
+
+async def topic_infos(conn: AsyncConnection) -> list[TopicInfo]:
+    stats = (
+        select(
+            events.c.topic,
+            func.count().label("n"),
+            func.min(events.c.published_at).label("first"),
+        )
+        .group_by(events.c.topic)
+        .subquery()
+    )
+    subs = (
+        select(subscriptions.c.topic, func.count().label("n"))
+        .group_by(subscriptions.c.topic)
+        .subquery()
+    )
+    query = (
+        select(
+            topics.c.topic,
+            topics.c.last_seq,
+            func.coalesce(stats.c.n, 0),
+            stats.c.first,
+            topics.c.last_published_at,
+            func.coalesce(subs.c.n, 0),
+        )
+        .select_from(
+            topics.outerjoin(stats, stats.c.topic == topics.c.topic).outerjoin(
+                subs, subs.c.topic == topics.c.topic
+            )
+        )
+        .order_by(topics.c.topic)
+    )
+    return [TopicInfo(*row) for row in await conn.execute(query)]
+
+
+# Subscriptions -------------------------------------------------------------
+
+
+async def add_subscriptions(
+    conn: AsyncConnection,
+    dialect: ModuleType,
+    subscriber_id: str,
+    topic_names: Collection[str],
+    now: datetime,
+    *,
+    connection_id: str | None = None,
+    instance_id: str | None = None,
+) -> None:
+    """Insert rows; a stream (``connection_id``) takes over rows that already exist."""
+    if not topic_names:
+        return
+    rows = [
+        {
+            "topic": topic,
+            "subscriber_id": subscriber_id,
+            "connection_id": connection_id,
+            "instance_id": instance_id,
+            "created_at": now,
+        }
+        for topic in sorted(topic_names)
+    ]
+    if connection_id is None:
+        await conn.execute(dialect.subscription_insert_missing(rows))
+    else:
+        await conn.execute(dialect.subscription_upsert(rows))
+
+
+async def remove_subscription(conn: AsyncConnection, topic: str, subscriber_id: str) -> bool:
+    result = await conn.execute(
+        delete(subscriptions).where(
+            subscriptions.c.topic == topic, subscriptions.c.subscriber_id == subscriber_id
+        )
+    )
+    return bool(result.rowcount)
+
+
+async def remove_subscriber(
+    conn: AsyncConnection, subscriber_id: str, *, connection_id: str | None = None
+) -> int:
+    """Delete a subscriber's rows; with ``connection_id``, only those a newer stream
+    of the same subscriber has not taken over (plus rows made with no stream)."""
+    query = delete(subscriptions).where(subscriptions.c.subscriber_id == subscriber_id)
+    if connection_id is not None:
+        query = query.where(
+            or_(
+                subscriptions.c.connection_id == connection_id,
+                subscriptions.c.connection_id.is_(None),
+            )
+        )
+    return int((await conn.execute(query)).rowcount or 0)
+
+
+async def subscriber_topics(conn: AsyncConnection, subscriber_id: str) -> list[str]:
+    rows = await conn.execute(
+        select(subscriptions.c.topic)
+        .where(subscriptions.c.subscriber_id == subscriber_id)
+        .order_by(subscriptions.c.topic)
+    )
+    return list(rows.scalars())
+
+
+async def topic_subscribers(conn: AsyncConnection, topic: str) -> list[str]:
+    rows = await conn.execute(
+        select(subscriptions.c.subscriber_id)
+        .where(subscriptions.c.topic == topic)
+        .order_by(subscriptions.c.subscriber_id)
+    )
+    return list(rows.scalars())
+
+
+# Instances -----------------------------------------------------------------
+
+
+async def heartbeat(
+    conn: AsyncConnection, instance_id: str, now: datetime, *, started: bool = False
+) -> None:
+    if started:
+        await conn.execute(
+            instances.insert().values(instance_id=instance_id, started_at=now, heartbeat_at=now)
+        )
+        return
+    result = await conn.execute(
+        update(instances).where(instances.c.instance_id == instance_id).values(heartbeat_at=now)
+    )
+    if not result.rowcount:  # swept while we were stalled: come back
+        await conn.execute(
+            instances.insert().values(instance_id=instance_id, started_at=now, heartbeat_at=now)
+        )
+
+
+async def sweep_expired(conn: AsyncConnection, expired_before: datetime) -> int:
+    """Remove instances whose heartbeat is older than the bound, and their rows."""
+    dead = select(instances.c.instance_id).where(instances.c.heartbeat_at < expired_before)
+    removed = await conn.execute(delete(subscriptions).where(subscriptions.c.instance_id.in_(dead)))
+    await conn.execute(delete(instances).where(instances.c.heartbeat_at < expired_before))
+    return int(removed.rowcount or 0)
+
+
+async def remove_instance(conn: AsyncConnection, instance_id: str) -> None:
+    await conn.execute(delete(subscriptions).where(subscriptions.c.instance_id == instance_id))
+    await conn.execute(delete(instances).where(instances.c.instance_id == instance_id))

@@ -1,0 +1,111 @@
+"""SQLAlchemy Core tables. Alembic owns the schema; these mirror its head revision."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, hands back aware UTC: one behaviour on every dialect."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text from aggregate functions
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+# A single row holding the last allocated log position. Every write transaction
+# updates it first, which serialises writers on this row: see log.py.
+log_head = Table(
+    "log_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_published_at", UTCDateTime, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("topic", String(255), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("exclude_id", String(255), nullable=True),
+    Column("published_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("topic", "seq", name="pk_events"),
+    UniqueConstraint("position", name="uq_events_position"),
+    Index("ix_events_published_at", "topic", "published_at"),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("topic", String(255), nullable=False),
+    Column("subscriber_id", String(255), nullable=False),
+    # The stream that owns the row (NULL: made through the API with no stream).
+    Column("connection_id", String(64), nullable=True),
+    # The server instance holding that stream, for the crash sweep.
+    Column("instance_id", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("topic", "subscriber_id", name="pk_subscriptions"),
+    Index("ix_subscriptions_subscriber", "subscriber_id"),
+    Index("ix_subscriptions_instance", "instance_id"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+)
