@@ -1,0 +1,54 @@
+"""One suite, every database: tests taking ``database_url`` or ``hub`` run on SQLite
+and on PostgreSQL. Without a PostgreSQL server the PostgreSQL half is skipped with
+the reason shown, unless ``EVENTHUB_REQUIRE_PG=1`` (set by CI), where it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from eventhub_log import EventHub
+
+from . import databases
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[None]:
+    problem = asyncio.run(databases.pg_available())
+    if problem is not None:
+        message = f"PostgreSQL not reachable at {databases.PG_URL} ({problem})"
+        if os.environ.get("EVENTHUB_REQUIRE_PG") == "1":
+            pytest.fail(message + "; EVENTHUB_REQUIRE_PG=1 demands it", pytrace=False)
+        pytest.skip(message + "; set EVENTHUB_TEST_PG_URL to run these tests")
+    asyncio.run(databases.create_template())
+    yield
+    asyncio.run(databases.drop_template())
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database at schema head (SQLite: a file not yet created)."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'eventhub.db'}"
+        return
+    request.getfixturevalue("postgres_template")
+    name, url = asyncio.run(databases.create_pg_database())
+    yield url
+    asyncio.run(databases.drop_pg_database(name))
+
+
+@pytest.fixture
+async def hub(database_url: str) -> AsyncIterator[EventHub]:
+    async with EventHub(database_url, auto_migrate=True) as running:
+        yield running
