@@ -14,6 +14,7 @@ import pytest
 from eventhub_log import EventHub
 
 from . import databases
+from .server import Server
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -52,3 +53,11 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 async def hub(database_url: str) -> AsyncIterator[EventHub]:
     async with EventHub(database_url, auto_migrate=True) as running:
         yield running
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[Server]:
+    """A running ``eventhub-log serve`` on a fresh database."""
+    running = Server(database_url).start()
+    yield running
+    running.kill()

@@ -1,0 +1,1 @@
+"""The HTTP service of eventhub-log: FastAPI routes over the library's EventHub."""

@@ -1,0 +1,25 @@
+"""Dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from eventhub_log import EventHub
+
+from .settings import Settings
+
+
+def get_hub(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.hub
+    return hub
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+HubDep = Annotated[EventHub, Depends(get_hub)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

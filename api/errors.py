@@ -1,0 +1,73 @@
+"""Every error leaves as ``{"error": {"code", "message"}}``; the library's error
+hierarchy is mapped to status codes here, in one place."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from eventhub_log import errors as lib
+
+_STATUS: list[tuple[type[lib.EventHubError], int, str]] = [
+    (lib.InvalidTopic, 400, "invalid_topic"),
+    (lib.InvalidPayload, 400, "invalid_payload"),
+    (lib.InvalidSubscriber, 400, "invalid_subscriber"),
+    (lib.InvalidCursor, 400, "invalid_cursor"),
+    (lib.ValidationError, 400, "invalid_request"),
+    (lib.HubNotStarted, 503, "not_ready"),
+    (lib.SchemaError, 503, "schema_mismatch"),
+    (lib.DatabaseUnavailable, 503, "database_unavailable"),
+    (lib.StorageError, 500, "storage_error"),
+]
+
+
+class ApiError(Exception):
+    """An error raised by a route with its own status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def status_of(exc: lib.EventHubError) -> tuple[int, str]:
+    for cls, status, code in _STATUS:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal_error"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(lib.EventHubError)
+    async def _library(_: Request, exc: lib.EventHubError) -> JSONResponse:
+        status, code = status_of(exc)
+        return error_response(status, code, str(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg')}"
+            for err in exc.errors()
+        )
+        return error_response(422, "validation_error", problems or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail))

@@ -1,0 +1,33 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from eventhub_log.migrations import current_revision, head_revision
+
+from ..deps import HubDep
+from ..errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: database reachable and schema at head")
+async def readyz(hub: HubDep) -> JSONResponse:
+    if not hub.running:
+        return error_response(503, "not_ready", "the hub is not running")
+    try:
+        revision = await current_revision(hub.database)
+    except Exception as exc:
+        return error_response(503, "database_unavailable", f"database unreachable: {exc}")
+    if revision != head_revision():
+        return error_response(
+            503, "schema_mismatch", f"schema at {revision}, expected {head_revision()}"
+        )
+    return JSONResponse({"status": "ready", "schema": revision, "mode": hub.mode})

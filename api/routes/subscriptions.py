@@ -1,0 +1,7 @@
+"""Routes: subscriptions (see the contract, ../shared/spec/contract.md)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,32 @@
+"""One Settings object, read from EVENTHUB_* environment variables. The library
+never reads it: the app hands its values to EventHub as keyword arguments."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTHUB_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///eventhub.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    mode: Literal["stateful", "stateless"] = "stateful"
+    auto_migrate: bool | None = None
+    body_limit: int = Field(default=1024 * 1024, ge=1, description="request body limit, bytes")
+    heartbeat_interval: float = Field(default=15.0, gt=0, description="SSE ': ping' period, s")
+    stream_buffer: int = Field(default=1000, ge=1, description="live events buffered per stream")
+    idempotency_ttl: float = Field(default=24 * 3600, gt=0, description="how long keys are kept, s")
+    instance_heartbeat: float = Field(default=5.0, gt=0)
+    instance_ttl: float = Field(default=30.0, gt=0)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+
+    @property
+    def effective_mode(self) -> Literal["stateful", "stateless"]:
+        # Several worker processes share the database and nothing else.
+        return "stateless" if self.workers > 1 else self.mode

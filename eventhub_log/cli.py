@@ -1,0 +1,117 @@
+"""The ``eventhub-log`` command: serve, migrate, and tools for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import EventHubError
+from .migrations import ensure_schema
+from .store.database import DEFAULT_DATABASE_URL, open_database
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"EVENTHUB_{name}", default)
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB "
+        "(env EVENTHUB_DATABASE_URL; default: eventhub.db in the working directory)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eventhub-log", description="A durable pub/sub hub with replay."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env EVENTHUB_HOST")
+    serve.add_argument(
+        "--port", type=int, default=int(_env("PORT", "8000")), help="env EVENTHUB_PORT"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "1")),
+        help="worker processes; more than one runs the stateless mode (env EVENTHUB_WORKERS)",
+    )
+    serve.add_argument(
+        "--mode", choices=["stateful", "stateless"], default=_env("MODE", "stateful")
+    )
+    serve.add_argument("--body-limit", type=int, help="request body limit in bytes")
+    serve.add_argument("--heartbeat-interval", type=float, help="SSE ping period in seconds")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    _database_option(serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema to head")
+    _database_option(migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "migrate":
+            revision = asyncio.run(_migrate(args.database_url))
+            print(f"schema at revision {revision}")
+            return 0
+    except EventHubError as exc:
+        print(f"eventhub-log: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+async def _migrate(database_url: str) -> str | None:
+    database = open_database(database_url)
+    try:
+        return await ensure_schema(database, upgrade=True)
+    finally:
+        await database.engine.dispose()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers < 1:
+        raise SystemExit("eventhub-log: --workers must be at least 1")
+    # The app reads its settings from the environment, so that every worker
+    # process uvicorn starts sees the same configuration.
+    os.environ["EVENTHUB_DATABASE_URL"] = args.database_url
+    os.environ["EVENTHUB_WORKERS"] = str(args.workers)
+    os.environ["EVENTHUB_MODE"] = args.mode
+    if args.body_limit is not None:
+        os.environ["EVENTHUB_BODY_LIMIT"] = str(args.body_limit)
+    if args.heartbeat_interval is not None:
+        os.environ["EVENTHUB_HEARTBEAT_INTERVAL"] = str(args.heartbeat_interval)
+    if args.database_url.startswith("sqlite") and args.workers > 1:
+        # Create the schema once before the workers race to do it.
+        asyncio.run(_migrate(args.database_url))
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=3,
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
