@@ -92,7 +92,7 @@ class EventHub:
             return
         await ensure_schema(self.database, upgrade=self._auto_migrate)
         async with self.database.write() as conn:
-            await queries.heartbeat(conn, self.instance_id, _now(), started=True)
+            await queries.heartbeat(conn, self.instance_id, _now())
         await self._dispatcher.start()
         self._writer.start()
         self._notifiers = [
@@ -341,9 +341,10 @@ class EventHub:
                     instance_id=self.instance_id,
                 )
                 existing = await queries.subscriber_topics(conn, subscriber)
-                head = await queries.head_position(conn)
             for topic in existing:
                 self._dispatcher.add_topic(subscriber, topic)
+            # Read the head only once the feed listens on every topic it will get.
+            head = await self._head_position()
             if start_after is not None and start_after > head:
                 raise InvalidCursor(
                     f"cursor {after!r} is ahead of this log (newest is {head}): "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .errors import EventHubError, HubNotStarted, StorageError
+from .errors import DatabaseUnavailable, EventHubError, HubNotStarted, StorageError
 from .model import Event, PendingEvent
 from .store import queries
 from .store.database import Database
@@ -84,6 +84,11 @@ class GroupCommitWriter:
             batch = self._take_batch()
             try:
                 await self._commit(batch)
+            except DatabaseUnavailable as exc:
+                # The outcome may be unknown (a lost COMMIT acknowledgement), so
+                # retrying could append twice: fail the callers and let them decide.
+                for submission in batch:
+                    _fail(submission, exc)
             except EventHubError as exc:
                 if len(batch) > 1:
                     # One bad submission must not fail its neighbours: retry alone.
@@ -116,7 +121,11 @@ class GroupCommitWriter:
         now = datetime.now(UTC)
         async with self._database.write() as conn:
             stored = await queries.append(conn, self._database.dialect, pending, now)
-        self._on_commit(stored, stored[0].position - 1)
+        try:
+            self._on_commit(stored, stored[0].position - 1)
+        except Exception:
+            # Committed is committed: the callers get their events regardless.
+            log.exception("delivering a committed batch failed")
         offset = 0
         for submission in batch:
             count = len(submission.events)
