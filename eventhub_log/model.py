@@ -77,6 +77,18 @@ class PendingEvent:
 
 
 @dataclass(frozen=True)
+class SubscriptionChange:
+    """A subscribe (``added``) or unsubscribe made through the hub; ``topic`` None
+    with ``added`` false removed every topic. It applies to events after ``position``."""
+
+    id: int
+    subscriber_id: str
+    topic: str | None
+    added: bool
+    position: int
+
+
+@dataclass(frozen=True)
 class HistoryPage:
     events: list[Event] = field(default_factory=list)
     has_more: bool = False

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..model import Event, PendingEvent, TopicInfo
-from .tables import events, instances, log_head, subscriptions, topics
+from ..model import Event, PendingEvent, SubscriptionChange, TopicInfo
+from .tables import events, instances, log_head, subscription_changes, subscriptions, topics
 
 _EVENT_COLUMNS = (
     events.c.topic,
@@ -270,6 +270,72 @@ async def topic_subscribers(conn: AsyncConnection, topic: str) -> list[str]:
         .order_by(subscriptions.c.subscriber_id)
     )
     return list(rows.scalars())
+
+
+async def record_subscription_change(
+    conn: AsyncConnection,
+    subscriber_id: str,
+    topic: str | None,
+    *,
+    added: bool,
+    now: datetime,
+) -> int:
+    """Note a subscribe/unsubscribe for the other instances; returns the log head it
+    applies after.
+
+    Locking the ``log_head`` row (a no-op clause on SQLite, whose write transaction
+    already excludes every other writer) does two things: change ids, taken as
+    max + 1, are commit-ordered like positions, so a reader that has seen change N
+    has seen every change below it; and the head read here is an exact cut: every
+    event at or below it committed before this change, every event above it after.
+    """
+    head = (
+        await conn.execute(select(log_head.c.position).where(log_head.c.id == 1).with_for_update())
+    ).scalar_one()
+    last = (await conn.execute(select(func.max(subscription_changes.c.id)))).scalar()
+    await conn.execute(
+        subscription_changes.insert().values(
+            id=(last or 0) + 1,
+            subscriber_id=subscriber_id,
+            topic=topic,
+            added=added,
+            position=head,
+            changed_at=now,
+        )
+    )
+    return int(head)
+
+
+async def subscription_changes_after(
+    conn: AsyncConnection, after_id: int, limit: int
+) -> list[SubscriptionChange]:
+    rows = await conn.execute(
+        select(
+            subscription_changes.c.id,
+            subscription_changes.c.subscriber_id,
+            subscription_changes.c.topic,
+            subscription_changes.c.added,
+            subscription_changes.c.position,
+        )
+        .where(subscription_changes.c.id > after_id)
+        .order_by(subscription_changes.c.id)
+        .limit(limit)
+    )
+    return [SubscriptionChange(*row) for row in rows]
+
+
+async def last_subscription_change(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.max(subscription_changes.c.id)))).scalar() or 0)
+
+
+async def prune_subscription_changes(conn: AsyncConnection, before: datetime) -> None:
+    """Forget old changes, keeping the newest so that ids never start over."""
+    newest = select(func.max(subscription_changes.c.id)).scalar_subquery()
+    await conn.execute(
+        delete(subscription_changes).where(
+            subscription_changes.c.changed_at < before, subscription_changes.c.id < newest
+        )
+    )
 
 
 # Instances -----------------------------------------------------------------

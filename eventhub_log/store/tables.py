@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -99,6 +100,22 @@ instances = Table(
     Column("instance_id", String(64), primary_key=True),
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+# Subscribe / unsubscribe calls made through the hub (not stream opens), so that the
+# instance holding that subscriber's stream applies them: see subscription_sync.py.
+# ``id`` is allocated under the ``log_head`` lock, so ids are commit-ordered like
+# positions; ``position`` is the log head at the change: the change applies to
+# events after it. ``topic`` NULL with ``added`` false: every topic was removed.
+subscription_changes = Table(
+    "subscription_changes",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("subscriber_id", String(255), nullable=False),
+    Column("topic", String(255), nullable=True),
+    Column("added", Boolean, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
 )
 
 idempotency_keys = Table(
