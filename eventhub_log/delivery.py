@@ -70,6 +70,8 @@ class Feed:
         self._through = 0
         self.position = 0
         self.overflows = 0
+        # Topics added while open, with the log position they apply after.
+        self._topic_after: dict[str, int] = {}
 
     def start(self, after_position: int, *, replay: bool) -> None:
         self._through = self.position = after_position
@@ -83,8 +85,39 @@ class Feed:
 
     # Called by the dispatcher ------------------------------------------------
 
+    def add_topic(self, topic: str, after_position: int | None = None) -> None:
+        """Take ``topic`` too; with ``after_position``, its events after that position.
+
+        A change made on another instance arrives a little late: the dispatcher may
+        already have gone past ``after_position`` without this feed seeing the new
+        topic's events. So the feed drops what it holds and reads the log again
+        from the last event it handed out, which loses nothing as long as it has
+        not handed out anything beyond ``after_position`` yet.
+        """
+        if topic in self.topics:
+            return
+        self.topics.add(topic)
+        if after_position is None:
+            return
+        self._topic_after[topic] = after_position
+        if self._started:
+            self._replayed.clear()
+            self._through = self.position
+            self.request_catch_up()
+
+    def remove_topic(self, topic: str) -> None:
+        self.topics.discard(topic)
+        self._topic_after.pop(topic, None)
+
+    def _wanted(self, event: Event) -> bool:
+        return (
+            event.topic in self.topics
+            and event.position > self._topic_after.get(event.topic, 0)
+            and event.visible_to(self.subscriber_id)
+        )
+
     def offer(self, event: Event) -> None:
-        if event.topic not in self.topics or not event.visible_to(self.subscriber_id):
+        if not self._wanted(event):
             return
         if len(self._live) >= self._max_buffer:
             # Too far behind to keep feeding live: catch up from the log instead.
@@ -154,7 +187,7 @@ class Feed:
         page = await self._reader(self._through, self.topics, self.subscriber_id, CATCH_UP_PAGE)
         if page:
             self._through = page[-1].position
-            self._replayed.extend(page)
+            self._replayed.extend(event for event in page if self._wanted(event))
         if len(page) < CATCH_UP_PAGE and requests == self._catch_up_requests:
             # Reached the head with no new overflow meanwhile: live from here on.
             self._catch_up_requests = 0
@@ -205,14 +238,14 @@ class Dispatcher:
     def feeds_of(self, subscriber_id: str) -> set[Feed]:
         return set(self._by_subscriber.get(subscriber_id, ()))
 
-    def add_topic(self, subscriber_id: str, topic: str) -> None:
+    def add_topic(self, subscriber_id: str, topic: str, after_position: int | None = None) -> None:
         for feed in self._by_subscriber.get(subscriber_id, ()):
-            feed.topics.add(topic)
+            feed.add_topic(topic, after_position)
             self._by_topic.setdefault(topic, set()).add(feed)
 
     def remove_topic(self, subscriber_id: str, topic: str) -> None:
         for feed in self._by_subscriber.get(subscriber_id, ()):
-            feed.topics.discard(topic)
+            feed.remove_topic(topic)
             self._discard(topic, feed)
 
     def _discard(self, topic: str, feed: Feed) -> None:

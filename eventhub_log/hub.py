@@ -21,14 +21,21 @@ from .log import GroupCommitWriter
 from .migrations import ensure_schema
 from .model import Event, PendingEvent, TopicInfo, parse_cursor
 from .notify import Notifier, PollingNotifier
+from .notify.postgres import PostgresNotifier, asyncpg_dsn
 from .store import queries
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
+from .subscription_sync import SubscriptionSync
 from .validation import encode_payload, validate_exclude, validate_subscriber, validate_topic
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["stateful", "stateless"]
 MAX_HISTORY_LIMIT = 1000
+# Every live instance applies a subscription change within a poll interval;
+# ten minutes is far beyond that, even across a long database outage.
+_CHANGES_KEPT = timedelta(minutes=10)
+# Where ``publish_in`` notes the last position on the caller's connection.
+_PUBLISHED_INFO = "eventhub_log_published"
 
 
 class EventHub:
@@ -38,6 +45,9 @@ class EventHub:
     its own commits reach its streams with no extra read, and a slow poll notices
     anyone else's. ``mode="stateless"`` is for several processes sharing one
     database: every process watches the log closely and delivers whatever lands.
+    On PostgreSQL both modes wake on LISTEN/NOTIFY and poll only as a safety net
+    (``poll_interval``, default 1 s); on SQLite stateless mode polls the head every
+    50 ms. ``instance_ttl`` must exceed every instance's ``heartbeat_interval``.
     """
 
     def __init__(
@@ -63,13 +73,17 @@ class EventHub:
         self._owns_engine = not isinstance(database_url, AsyncEngine)
         self._auto_migrate = self.database.is_sqlite if auto_migrate is None else auto_migrate
         self._stream_buffer = stream_buffer
-        self._poll_interval = poll_interval or (1.0 if mode == "stateful" else 0.05)
+        fast_poll = mode == "stateless" and self.database.is_sqlite
+        self._poll_interval = poll_interval or (0.05 if fast_poll else 1.0)
         self._heartbeat_interval = heartbeat_interval
         self._instance_ttl = instance_ttl
         self.instance_id = instance_id or uuid.uuid4().hex
         self._dispatcher = Dispatcher(self._read_after, self._head_position)
         self._writer = GroupCommitWriter(self.database, self._committed, max_batch=max_batch)
         self._notifiers: list[Notifier] = []
+        self._subscription_sync = SubscriptionSync(
+            self.database, self._dispatcher, self._poll_interval
+        )
         self._maintenance: asyncio.Task[None] | None = None
         self._running = False
 
@@ -95,9 +109,18 @@ class EventHub:
             await queries.heartbeat(conn, self.instance_id, _now())
         await self._dispatcher.start()
         self._writer.start()
+        await self._subscription_sync.start()
         self._notifiers = [
             PollingNotifier(self._head_position, self._delivered, self._poll_interval)
         ]
+        if not self.database.is_sqlite:
+            self._notifiers.append(
+                PostgresNotifier(
+                    asyncpg_dsn(self.database.engine.url),
+                    self._delivered,
+                    on_subscriptions=self._subscription_sync.wake,
+                )
+            )
         for notifier in self._notifiers:
             await notifier.start(self._dispatcher.wake)
         self._maintenance = asyncio.create_task(self._maintain(), name="eventhub-log heartbeat")
@@ -117,6 +140,7 @@ class EventHub:
                 await self._maintenance
         for notifier in self._notifiers:
             await notifier.stop()
+        await self._subscription_sync.stop()
         await self._dispatcher.stop()
         with contextlib.suppress(Exception):
             async with self.database.write() as conn:
@@ -146,7 +170,11 @@ class EventHub:
             await queries.add_subscriptions(
                 conn, self.database.dialect, subscriber_id, [topic], _now()
             )
-        self._dispatcher.add_topic(subscriber_id, topic)
+            position = await queries.record_subscription_change(
+                conn, subscriber_id, topic, added=True, now=_now()
+            )
+        self._dispatcher.add_topic(subscriber_id, topic, position)
+        self._subscriptions_changed()
 
     async def unsubscribe(self, topic: str, subscriber_id: str) -> bool:
         """Remove one subscription; ``False`` when there was none."""
@@ -155,7 +183,13 @@ class EventHub:
         self._require_running()
         async with self.database.write() as conn:
             removed = await queries.remove_subscription(conn, topic, subscriber_id)
+            if removed:
+                await queries.record_subscription_change(
+                    conn, subscriber_id, topic, added=False, now=_now()
+                )
         self._dispatcher.remove_topic(subscriber_id, topic)
+        if removed:
+            self._subscriptions_changed()
         return removed
 
     async def unsubscribe_all(self, subscriber_id: str) -> int:
@@ -164,9 +198,15 @@ class EventHub:
         self._require_running()
         async with self.database.write() as conn:
             removed = await queries.remove_subscriber(conn, subscriber_id)
+            if removed:
+                await queries.record_subscription_change(
+                    conn, subscriber_id, None, added=False, now=_now()
+                )
         for feed in self._dispatcher.feeds_of(subscriber_id):
             for topic in list(feed.topics):
                 self._dispatcher.remove_topic(subscriber_id, topic)
+        if removed:
+            self._subscriptions_changed()
         return removed
 
     async def publish(self, topic: str, exclude_id: str | None, payload: Any) -> Event:
@@ -205,9 +245,13 @@ class EventHub:
         )
         with translate_errors():
             (event,) = await queries.append(conn, self.database.dialect, [pending], _now())
+        conn.info[_PUBLISHED_INFO] = max(conn.info.get(_PUBLISHED_INFO, 0), event.position)
         if isinstance(transaction, AsyncSession):
             sa_event.listen(
-                transaction.sync_session, "after_commit", self._wake_after_commit, once=True
+                transaction.sync_session,
+                "after_commit",
+                lambda _session: self._signal_commit(event.position),
+                once=True,
             )
         return event
 
@@ -218,10 +262,15 @@ class EventHub:
         self._require_running()
         async with self.database.write() as conn:
             yield conn
-        self._dispatcher.wake()
+            published = int(conn.info.pop(_PUBLISHED_INFO, 0))
+        self._signal_commit(published)
 
-    def _wake_after_commit(self, _session: Any) -> None:
+    def _signal_commit(self, position: int) -> None:
+        """A transaction outside the writer committed events up to ``position``."""
         self._dispatcher.wake()
+        if position:
+            for notifier in self._notifiers:
+                notifier.published(position)
 
     # Reading -------------------------------------------------------------------
 
@@ -376,6 +425,12 @@ class EventHub:
 
     def _committed(self, events: list[Event], previous_head: int) -> None:
         self._dispatcher.deliver(events)
+        for notifier in self._notifiers:
+            notifier.published(events[-1].position)
+
+    def _subscriptions_changed(self) -> None:
+        for notifier in self._notifiers:
+            notifier.subscriptions_changed()
 
     def _delivered(self) -> int:
         return self._dispatcher.through
@@ -404,6 +459,7 @@ class EventHub:
                     now = _now()
                     await queries.heartbeat(conn, self.instance_id, now)
                     swept = await queries.sweep_expired(conn, now - ttl)
+                    await queries.prune_subscription_changes(conn, now - _CHANGES_KEPT)
                 if swept:
                     log.info("removed %d subscription rows of expired instances", swept)
             except Exception:
