@@ -66,6 +66,7 @@ class Feed:
         self._catch_up_requests = 0
         self._started = False
         self._closed = False
+        self._nudged = False
         # Highest position handed to the reader of this feed (or queued for it).
         self._through = 0
         self.position = 0
@@ -143,24 +144,24 @@ class Feed:
     # Called by the reader ----------------------------------------------------
 
     async def next(self, timeout: float | None = None) -> Event | None:
-        """The next event, or ``None`` after ``timeout`` seconds with nothing new.
+        """The next event, or ``None`` after ``timeout`` seconds with nothing new
+        (or at once after ``nudge()``).
 
         Raises ``StopAsyncIteration`` once the feed is closed. A timeout only ever
         interrupts the wait, never a read of the log, so nothing is lost to it.
         """
         while True:
-            if self._replayed:
-                return self._hand_out(self._replayed.popleft())
+            event = self.next_nowait()
+            if event is not None:
+                return event
             if self._catch_up_requests and self._started:
                 await self._catch_up_page()
                 continue
-            while self._live:
-                event = self._live.popleft()
-                if event.position > self._through:
-                    self._through = event.position
-                    return self._hand_out(event)
             if self._closed:
                 raise StopAsyncIteration
+            if self._nudged:
+                self._nudged = False
+                return None
             self._wake.clear()
             if timeout is None:
                 await self._wake.wait()
@@ -169,6 +170,29 @@ class Feed:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     return None
+
+    def next_nowait(self) -> Event | None:
+        """The next event if one is buffered, else ``None``; never waits or reads
+        the log. Lets a transport gather what is ready into one write."""
+        if self._replayed:
+            return self._hand_out(self._replayed.popleft())
+        if self._catch_up_requests and self._started:
+            return None
+        while self._live:
+            event = self._live.popleft()
+            if event.position > self._through:
+                self._through = event.position
+                return self._hand_out(event)
+        return None
+
+    def nudge(self) -> None:
+        """Make a waiting (or the next) ``next()`` return ``None`` once.
+
+        Transports with many idle streams send heartbeats from one timer that
+        nudges them, rather than arming a timeout around every wait.
+        """
+        self._nudged = True
+        self._wake.set()
 
     def __aiter__(self) -> Feed:
         return self
