@@ -119,6 +119,7 @@ class EventHub:
                     asyncpg_dsn(self.database.engine.url),
                     self._delivered,
                     on_subscriptions=self._subscription_sync.wake,
+                    application_name=f"eventhub-log listen {self.instance_id}",
                 )
             )
         for notifier in self._notifiers:

@@ -54,8 +54,10 @@ class PostgresNotifier(Notifier):
         on_subscriptions: Callable[[], None] | None = None,
         check_interval: float = 5.0,
         reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
+        application_name: str = "eventhub-log listen",
     ) -> None:
         self._dsn = dsn
+        self._application_name = application_name[:63]
         self._delivered = delivered
         self._on_subscriptions = on_subscriptions or (lambda: None)
         self._check_interval = check_interval
@@ -95,7 +97,11 @@ class PostgresNotifier(Notifier):
         failures = 0
         while True:
             try:
-                conn: asyncpg.Connection[Any] = await asyncpg.connect(self._dsn, timeout=5)
+                conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                    self._dsn,
+                    timeout=5,
+                    server_settings={"application_name": self._application_name},
+                )
             except Exception as exc:
                 delay = self._reconnect_delays[min(failures, len(self._reconnect_delays) - 1)]
                 if failures == 0:
