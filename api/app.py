@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             heartbeat_interval=settings.instance_heartbeat,
             instance_ttl=settings.instance_ttl,
             sqlite_synchronous=settings.sqlite_synchronous,
+            idempotency_ttl=settings.idempotency_ttl,
         )
         async with hub:
             app.state.hub = hub

@@ -16,6 +16,7 @@ _STATUS: list[tuple[type[lib.EventHubError], int, str]] = [
     (lib.InvalidSubscriber, 400, "invalid_subscriber"),
     (lib.InvalidCursor, 400, "invalid_cursor"),
     (lib.ValidationError, 400, "invalid_request"),
+    (lib.IdempotencyConflict, 409, "idempotency_conflict"),
     (lib.HubNotStarted, 503, "not_ready"),
     (lib.SchemaError, 503, "schema_mismatch"),
     (lib.DatabaseUnavailable, 503, "database_unavailable"),

@@ -32,6 +32,10 @@ class InvalidCursor(ValidationError):
     """A resume cursor (``Last-Event-ID``) is not one this hub hands out."""
 
 
+class IdempotencyConflict(EventHubError):
+    """An idempotency key was reused for a request with different events."""
+
+
 class HubNotStarted(EventHubError, RuntimeError):
     """The hub was used outside ``async with hub:`` (or after it closed)."""
 

@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .delivery import Dispatcher, Feed
 from .errors import HubNotStarted, InvalidCursor, ValidationError
+from .idempotency import purge_expired, request_hash, validate_key
 from .log import GroupCommitWriter
 from .migrations import ensure_schema
-from .model import Event, PendingEvent, TopicInfo, parse_cursor
+from .model import Event, HistoryPage, PendingEvent, TopicInfo, parse_cursor
 from .notify import Notifier, PollingNotifier
 from .notify.postgres import PostgresNotifier, asyncpg_dsn
 from .store import queries
@@ -63,6 +64,7 @@ class EventHub:
         instance_ttl: float = 30.0,
         sqlite_synchronous: str = "FULL",
         instance_id: str | None = None,
+        idempotency_ttl: float = 24 * 3600.0,
     ) -> None:
         if mode not in ("stateful", "stateless"):
             raise ValueError("mode must be 'stateful' or 'stateless'")
@@ -79,7 +81,11 @@ class EventHub:
         self._instance_ttl = instance_ttl
         self.instance_id = instance_id or uuid.uuid4().hex
         self._dispatcher = Dispatcher(self._read_after, self._head_position)
-        self._writer = GroupCommitWriter(self.database, self._committed, max_batch=max_batch)
+        self._writer = GroupCommitWriter(
+            self.database, self._committed, max_batch=max_batch, idempotency_ttl=idempotency_ttl
+        )
+        self._idempotency_ttl = idempotency_ttl
+        self.events_published = 0  # by this process's writer, for metrics
         self._notifiers: list[Notifier] = []
         self._subscription_sync = SubscriptionSync(
             self.database, self._dispatcher, self._poll_interval
@@ -225,6 +231,23 @@ class EventHub:
         self._require_running()
         return await self._writer.submit(pending)
 
+    async def publish_once(
+        self, idempotency_key: str, items: Iterable[tuple[str, str | None, Any]]
+    ) -> tuple[list[Event], bool]:
+        """Publish ``(topic, exclude_id, payload)`` events atomically, once per key.
+
+        Returns the events and ``True`` when they are the stored result of an
+        earlier call with this key (nothing was appended). The key is stored in
+        the same transaction as the events and kept for ``idempotency_ttl``
+        seconds; reusing it for different events raises ``IdempotencyConflict``.
+        """
+        key = validate_key(idempotency_key)
+        pending = [_pending(topic, exclude, payload) for topic, exclude, payload in items]
+        if not pending:
+            raise ValidationError("a batch needs at least one event")
+        self._require_running()
+        return await self._writer.submit_keyed(pending, key, request_hash(pending))
+
     async def publish_in(
         self,
         transaction: AsyncConnection | AsyncSession,
@@ -304,6 +327,34 @@ class EventHub:
                 limit=limit,
             )
 
+    async def history_page(
+        self,
+        topic: str,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> HistoryPage:
+        """Like ``history``, also telling whether more events follow the page."""
+        validate_topic(topic)
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise ValidationError(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
+        async with self.database.read() as conn:
+            found = await queries.history(
+                conn,
+                topic,
+                after_seq=after_seq,
+                before_seq=before_seq,
+                since=since,
+                until=until,
+                descending=order == "desc",
+                limit=limit + 1,
+            )
+        return HistoryPage(events=found[:limit], has_more=len(found) > limit)
+
     async def export(
         self,
         topic: str,
@@ -341,6 +392,11 @@ class EventHub:
         validate_topic(topic)
         async with self.database.read() as conn:
             return await queries.topic_subscribers(conn, topic)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open in this process."""
+        return self._dispatcher.feed_count
 
     async def head(self) -> str:
         """The cursor of the newest committed event (``"0"`` for an empty log)."""
@@ -425,6 +481,7 @@ class EventHub:
     # Internals -----------------------------------------------------------------
 
     def _committed(self, events: list[Event], previous_head: int) -> None:
+        self.events_published += len(events)
         self._dispatcher.deliver(events)
         for notifier in self._notifiers:
             notifier.published(events[-1].position)
@@ -460,6 +517,7 @@ class EventHub:
                     now = _now()
                     await queries.heartbeat(conn, self.instance_id, now)
                     swept = await queries.sweep_expired(conn, now - ttl)
+                    await purge_expired(conn, now, self._idempotency_ttl)
                     await queries.prune_subscription_changes(conn, now - _CHANGES_KEPT)
                 if swept:
                     log.info("removed %d subscription rows of expired instances", swept)

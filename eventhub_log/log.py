@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .errors import DatabaseUnavailable, EventHubError, HubNotStarted, StorageError
+from .idempotency import KeyedRequest, append_keyed
 from .model import Event, PendingEvent
 from .store import queries
 from .store.database import Database
@@ -34,6 +35,10 @@ class Submission:
     future: asyncio.Future[list[Event]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # With a key, a retry (same key and hash) gets the first result: ``replayed``.
+    key: str | None = None
+    request_hash: str = ""
+    replayed: bool = False
 
 
 class GroupCommitWriter:
@@ -43,8 +48,10 @@ class GroupCommitWriter:
         on_commit: CommitListener,
         *,
         max_batch: int = 1000,
+        idempotency_ttl: float = 24 * 3600.0,
     ) -> None:
         self._database = database
+        self._idempotency_ttl = idempotency_ttl
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._queue: deque[Submission] = deque()
@@ -72,6 +79,19 @@ class GroupCommitWriter:
         # Shielded: a cancelled caller must not tear a submission out of a batch
         # that may already be committing; the event still lands.
         return await asyncio.shield(submission.future)
+
+    async def submit_keyed(
+        self, events: Sequence[PendingEvent], key: str, request_hash: str
+    ) -> tuple[list[Event], bool]:
+        """Like ``submit``, once per key: returns the events and whether they were
+        the stored result of an earlier request with that key."""
+        if self._task is None or self._closing:
+            raise HubNotStarted("the hub is not running: use `async with hub:` around publishes")
+        submission = Submission(events, key=key, request_hash=request_hash)
+        self._queue.append(submission)
+        self._wakeup.set()
+        stored = await asyncio.shield(submission.future)
+        return stored, submission.replayed
 
     async def _run(self) -> None:
         while True:
@@ -117,6 +137,9 @@ class GroupCommitWriter:
             _fail(submission, exc if isinstance(exc, EventHubError) else StorageError(str(exc)))
 
     async def _commit(self, batch: list[Submission]) -> None:
+        if any(submission.key is not None for submission in batch):
+            await self._commit_keyed(batch)
+            return
         pending = [event for submission in batch for event in submission.events]
         now = datetime.now(UTC)
         async with self._database.write() as conn:
@@ -132,6 +155,29 @@ class GroupCommitWriter:
             if not submission.future.done():
                 submission.future.set_result(stored[offset : offset + count])
             offset += count
+
+
+    async def _commit_keyed(self, batch: list[Submission]) -> None:
+        requests = [KeyedRequest(s.events, s.key, s.request_hash) for s in batch]
+        now = datetime.now(UTC)
+        async with self._database.write() as conn:
+            stored, outcomes = await append_keyed(
+                conn, self._database.dialect, requests, now, self._idempotency_ttl
+            )
+        if stored:
+            try:
+                self._on_commit(stored, stored[0].position - 1)
+            except Exception:
+                log.exception("delivering a committed batch failed")
+        for submission, outcome in zip(batch, outcomes, strict=True):
+            if submission.future.done():
+                continue
+            if outcome.error is not None:
+                submission.future.set_exception(outcome.error)
+            else:
+                assert outcome.events is not None
+                submission.replayed = outcome.replayed
+                submission.future.set_result(outcome.events)
 
 
 def _fail(submission: Submission, exc: BaseException) -> None:
