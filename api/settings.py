@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     instance_heartbeat: float = Field(default=5.0, gt=0)
     instance_ttl: float = Field(default=30.0, gt=0)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    ws_max_frame: int | None = Field(
+        default=None, ge=1, description="largest WebSocket frame accepted, bytes (body_limit)"
+    )
+    ws_send_queue: int = Field(default=256, ge=1, description="frames queued per WebSocket")
+    ws_frame_rate: float = Field(default=200.0, gt=0, description="client frames/s allowed")
+    ws_frame_burst: int = Field(default=1000, ge=1, description="client frames in a burst")
 
     @property
     def effective_mode(self) -> Literal["stateful", "stateless"]:
