@@ -1,0 +1,733 @@
+"""HTTP and SSE benchmarks of ``eventhub-log serve``, beside the HTTP ceiling and the peer.
+
+One command, markdown tables on stdout:
+
+    .venv/bin/python bench/http_bench.py            # the full run, a few minutes
+    .venv/bin/python bench/http_bench.py --quick    # a smoke run, under a minute
+    .venv/bin/python bench/http_bench.py --update-docs   # also rewrite docs/benchmarks.md
+
+Every server is its own uvicorn process, one worker, on a free 127.0.0.1 port:
+``eventhub-log serve`` over a fresh SQLite file; ``http_ceiling.py`` (FastAPI
+answering 201 with no database); ``peer_broadcaster.py`` (sse-starlette +
+encode/broadcaster, memory backend, nothing persisted). Load comes from other
+processes: ``wrk`` for the REST runs when installed (``apt-get install wrk``;
+otherwise processes of the raw asyncio client in ``http_wire.py``), reader
+processes for the SSE streams, and this process as publisher. Server and client
+CPU seconds are reported beside each figure. Everything is bounded in time.
+
+1. REST publish: requests/s with 64 connections, as a share of the ceiling.
+2. SSE fan-out: N streams on one topic; a paced phase (100 events/s) and a
+   flat-out phase (as fast as the server acknowledges 8 concurrent publishers);
+   delivered events/s and publish-to-receive latency from the send time carried
+   in each payload.
+3. Resume: 100,000 events published, then one stream with ``Last-Event-ID`` from
+   before them; catch-up events/s.
+4. Memory per idle stream: the server's RSS before and after opening the streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from http_load import LoadResult, PublishResult, publish_flat_out, publish_paced, rest_load
+from http_wire import request_once, use_uvloop
+from sse_readers import catch_up_main, reader_main
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "## HTTP and SSE"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+PUBLISH_BODY = json.dumps(
+    {"payload": {"type": "message", "text": "hello, benchmark"}, "exclude": None}
+).encode()
+
+
+@dataclass
+class Profile:
+    rest_seconds: float
+    rest_connections: int
+    streams: int
+    reader_processes: int
+    paced_rate: float
+    paced_seconds: float
+    flat_seconds: float
+    resume_events: int
+
+
+FULL = Profile(10, 64, 1000, 4, 100, 10, 10, 100_000)
+QUICK = Profile(3, 64, 200, 2, 100, 3, 3, 20_000)
+
+
+# --- servers ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
+class Server:
+    """A uvicorn server process (one worker) on a free loopback port."""
+
+    def __init__(self, name: str, kind: str, workdir: Path) -> None:
+        self.name = name
+        self.kind = kind
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"{kind}-{self.port}.log"
+
+    def argv(self) -> list[str]:
+        bin_dir = Path(sys.executable).parent
+        if self.kind == "eventhub":
+            database = self.workdir / f"bench-{self.port}.db"
+            return [
+                str(bin_dir / "eventhub-log"),
+                "serve",
+                "--port",
+                str(self.port),
+                "--database-url",
+                f"sqlite+aiosqlite:///{database}",
+                "--log-level",
+                "warning",
+            ]
+        module = {"ceiling": "http_ceiling", "peer": "peer_broadcaster"}[self.kind]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"{module}:app",
+            "--app-dir",
+            str(BENCH),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+
+    def start(self) -> Server:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.argv(),
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_raise_fd_limit,
+            )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                status, _ = asyncio.run(request_once(self.port, "GET", "/healthz"))
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer /healthz within 30 s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _pids(self) -> list[int]:
+        assert self.process is not None
+        pids = [self.process.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(fields[1]) == self.process.pid:
+                        pids.append(int(entry.name))
+        return pids
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the server (and any children)."""
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+        return total
+
+
+@contextlib.contextmanager
+def running(name: str, kind: str, workdir: Path) -> Iterator[Server]:
+    server = Server(name, kind, workdir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: Any, fraction: float) -> float:
+    if not len(values):
+        return float("nan")
+    return float(values[min(len(values) - 1, int(fraction * len(values)))])
+
+
+# --- 1. REST publish ---------------------------------------------------------------------
+
+
+@dataclass
+class RestRow:
+    name: str
+    result: LoadResult
+    server_cpu: float
+    stored: int | None = None
+
+
+def rest_benchmark(profile: Profile, workdir: Path, tool: str, kinds: list[str]) -> list[RestRow]:
+    targets = [
+        ("FastAPI `POST /empty`, 201, no body read (ceiling)", "ceiling", "/empty"),
+        (
+            "FastAPI, same body model and response, no database",
+            "ceiling",
+            "/v1/topics/bench/events",
+        ),
+        (
+            "sse-starlette + broadcaster peer (memory, no persistence)",
+            "peer",
+            "/v1/topics/bench/events",
+        ),
+        ("eventhub-log serve, SQLite (every 201 committed)", "eventhub", "/v1/topics/bench/events"),
+    ]
+    rows = []
+    for name, kind, path in targets:
+        if kind not in kinds:
+            continue
+        with running(name, kind, workdir) as server:
+            log(f"REST: {name}")
+            rest_load(server.port, path, PUBLISH_BODY, connections=16, seconds=1, tool=tool)
+            cpu0 = server.cpu()
+            result = rest_load(
+                server.port,
+                path,
+                PUBLISH_BODY,
+                connections=profile.rest_connections,
+                seconds=profile.rest_seconds,
+                tool=tool,
+            )
+            row = RestRow(name, result, server.cpu() - cpu0)
+            if kind == "eventhub":
+                row.stored = stored_events(server.port, "bench")
+            rows.append(row)
+    return rows
+
+
+def stored_events(port: int, topic: str) -> int | None:
+    status, body = asyncio.run(request_once(port, "GET", "/v1/topics"))
+    if status != 200:
+        return None
+    for info in json.loads(body).get("topics", []):
+        if info.get("topic") == topic:
+            return int(info.get("event_count", 0))
+    return 0
+
+
+# --- 2. SSE fan-out and 4. memory per idle stream ---------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    published: PublishResult
+    streams: int
+    delivered: int = 0
+    delivered_in_window: int = 0
+    drain_seconds: float = 0.0
+    last_receive: float = 0.0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    server_cpu: float = 0.0
+
+    @property
+    def expected(self) -> int:
+        return self.published.accepted * self.streams
+
+    @property
+    def window_rate(self) -> float:
+        return self.delivered_in_window / self.published.seconds if self.published.seconds else 0
+
+    @property
+    def overall_rate(self) -> float:
+        span = self.last_receive - self.published.started
+        return self.delivered / span if span > 0 else 0.0
+
+
+@dataclass
+class FanOut:
+    name: str
+    streams: int
+    connect_seconds: float
+    rss_before: int
+    rss_after: int
+    phases: list[Phase]
+    readers_cpu: float
+    reconnects: int
+    errors: list[str]
+
+    @property
+    def kib_per_stream(self) -> float:
+        return (self.rss_after - self.rss_before) / self.streams if self.streams else 0.0
+
+
+class Readers:
+    def __init__(self, port: int, path: str, streams: int, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.processes = []
+        shares = [streams // processes + (i < streams % processes) for i in range(processes)]
+        for share in shares:
+            parent, child = context.Pipe()
+            process = context.Process(target=reader_main, args=(child, port, path, share))
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        ready, errors, seconds = 0, [], 0.0
+        for pipe in self.pipes:
+            if not pipe.poll(timeout):
+                raise RuntimeError("SSE readers did not get ready in time")
+            report = pipe.recv()
+            ready += report["ready"]
+            errors += report["errors"]
+            seconds = max(seconds, report["seconds"])
+        return {"ready": ready, "errors": errors, "seconds": seconds}
+
+    def counts(self) -> dict[int, int]:
+        for pipe in self.pipes:
+            pipe.send("counts")
+        total: dict[int, int] = {}
+        for pipe in self.pipes:
+            for phase, count in pipe.recv().items():
+                total[phase] = total.get(phase, 0) + count
+        return total
+
+    def stop(self) -> list[dict[str, Any]]:
+        for pipe in self.pipes:
+            pipe.send("stop")
+        reports = [pipe.recv() for pipe in self.pipes]
+        for process in self.processes:
+            process.join(10)
+        return reports
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+def drain(readers: Readers, phase: int, expected: int, limit: float) -> float:
+    """Wait until the readers have ``expected`` events of ``phase`` or stop progressing."""
+    started = time.time()
+    last, last_change = -1, started
+    while time.time() - started < limit:
+        count = readers.counts().get(phase, 0)
+        if count >= expected:
+            break
+        if count != last:
+            last, last_change = count, time.time()
+        elif time.time() - last_change > 5:
+            break
+        time.sleep(0.2)
+    return time.time() - started
+
+
+async def warm_up_streams(port: int, path: str, count: int) -> None:
+    from http_wire import open_stream
+
+    streams = [await open_stream(port, path, lambda frame, received: None) for _ in range(count)]
+    for stream in streams:
+        stream.close()
+    await asyncio.sleep(0.5)
+
+
+def fan_out_benchmark(
+    name: str, kind: str, profile: Profile, workdir: Path, streams: int | None = None
+) -> FanOut:
+    streams = streams or profile.streams
+    path = "/v1/stream?topic=bench"
+    publish_path = "/v1/topics/bench/events"
+    with running(name, kind, workdir) as server:
+        log(f"SSE fan-out: {name}, {streams} streams")
+        asyncio.run(warm_up_streams(server.port, path, 20))
+        time.sleep(1)
+        rss_before = server.rss_kib()
+        readers = Readers(server.port, path, streams, profile.reader_processes)
+        try:
+            ready = readers.wait_ready(180)
+            time.sleep(2)
+            rss_after = server.rss_kib()
+            log(f"  {ready['ready']} streams ready in {ready['seconds']:.1f} s")
+            phases = []
+            plans = [
+                (1, f"paced {profile.paced_rate:g}/s", profile.paced_seconds),
+                (2, "flat out, 8 publishers", profile.flat_seconds),
+            ]
+            for number, label, seconds in plans:
+                cpu0 = server.cpu()
+                if number == 1:
+                    published = asyncio.run(
+                        publish_paced(
+                            server.port,
+                            publish_path,
+                            phase=number,
+                            rate=profile.paced_rate,
+                            seconds=seconds,
+                        )
+                    )
+                else:
+                    published = asyncio.run(
+                        publish_flat_out(server.port, publish_path, phase=number, seconds=seconds)
+                    )
+                in_window = readers.counts().get(number, 0)
+                phase = Phase(label, published, ready["ready"], delivered_in_window=in_window)
+                phase.drain_seconds = drain(readers, number, phase.expected, 60)
+                phase.server_cpu = server.cpu() - cpu0
+                log(
+                    f"  {label}: {published.accepted} published, "
+                    f"drained in {phase.drain_seconds:.1f} s"
+                )
+                phases.append(phase)
+            reports = readers.stop()
+        finally:
+            readers.kill()
+    for phase_number, phase in enumerate(phases, start=1):
+        latencies = array("d")
+        for report in reports:
+            stats = report["phases"].get(phase_number)
+            if stats:
+                latencies.frombytes(stats["latencies"])
+                phase.delivered += stats["count"]
+                phase.last_receive = max(phase.last_receive, stats["last"])
+        ordered = sorted(latencies)
+        phase.p50_ms = percentile(ordered, 0.50) * 1e3
+        phase.p99_ms = percentile(ordered, 0.99) * 1e3
+    return FanOut(
+        name=name,
+        streams=ready["ready"],
+        connect_seconds=ready["seconds"],
+        rss_before=rss_before,
+        rss_after=rss_after,
+        phases=phases,
+        readers_cpu=sum(r["cpu"] for r in reports),
+        reconnects=sum(r["reconnects"] for r in reports),
+        errors=ready["errors"],
+    )
+
+
+# --- 3. resume -----------------------------------------------------------------------------
+
+
+@dataclass
+class Resume:
+    events: int
+    publish_seconds: float
+    received: int
+    in_order: bool
+    ready_ms: float
+    seconds: float
+    server_cpu: float
+    client_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.received / self.seconds if self.seconds else 0.0
+
+
+async def publish_backlog(port: int, topic: str, count: int, batch: int = 500) -> float:
+    from http_wire import connect
+
+    started = time.perf_counter()
+    conns = [await connect(port) for _ in range(4)]
+    batches = [range(i, min(count, i + batch)) for i in range(0, count, batch)]
+
+    async def worker(conn: Any) -> None:
+        from http_wire import build_request
+
+        while batches:
+            numbers = batches.pop()
+            body = json.dumps(
+                {
+                    "events": [
+                        {"topic": topic, "payload": {"n": n, "text": "resume benchmark"}}
+                        for n in numbers
+                    ]
+                }
+            ).encode()
+            status, text = await conn.request(build_request("POST", "/v1/events", port, body))
+            if status != 201:
+                raise RuntimeError(f"batch publish answered {status}: {text[:300]!r}")
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    for conn in conns:
+        conn.close()
+    return time.perf_counter() - started
+
+
+def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
+    name = "eventhub-log serve, SQLite"
+    with running(name, "eventhub", workdir) as server:
+        log(f"resume: publishing {profile.resume_events} events")
+        body = json.dumps({"payload": {"marker": True}, "exclude": None}).encode()
+        status, text = asyncio.run(
+            request_once(server.port, "POST", "/v1/topics/resume/events", body)
+        )
+        if status != 201:
+            raise RuntimeError(f"publish answered {status}: {text[:300]!r}")
+        cursor = json.loads(text)["id"]
+        publish_seconds = asyncio.run(publish_backlog(server.port, "resume", profile.resume_events))
+        log("resume: catching up")
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        cpu0 = server.cpu()
+        process = context.Process(
+            target=catch_up_main,
+            args=(child, server.port, "/v1/stream?topic=resume", cursor, profile.resume_events),
+        )
+        process.start()
+        result = parent.recv()
+        process.join(10)
+        server_cpu = server.cpu() - cpu0
+    return Resume(
+        events=profile.resume_events,
+        publish_seconds=publish_seconds,
+        received=result["count"],
+        in_order=result["in_order"],
+        ready_ms=(result["ready_at"] - result["started"]) * 1e3,
+        seconds=result["last"] - result["started"],
+        server_cpu=server_cpu,
+        client_cpu=result["cpu"],
+    )
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def rest_table(rows: list[RestRow], profile: Profile) -> str:
+    ceiling = rows[0].result.rps if rows else 0
+    model_ceiling = rows[1].result.rps if len(rows) > 1 else 0
+    tool = rows[0].result.tool if rows else ""
+    lines = [
+        f"REST publish, {profile.rest_connections} connections, {profile.rest_seconds:g} s, "
+        f"load from `{tool}`:",
+        "",
+        "| server | requests/s | p50 ms | p99 ms | errors | server CPU | client CPU "
+        "| of ceiling | of same-body ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        r = row.result
+        errors = str(r.bad)
+        if row.stored is not None:
+            errors += f" (stored {row.stored:,} for {r.requests:,} answers)"
+        lines.append(
+            f"| {row.name} | {fmt(r.rps)} | {fmt(r.p50_ms, 1)} | {fmt(r.p99_ms, 1)} | {errors} "
+            f"| {fmt(100 * row.server_cpu / r.seconds)}% | {fmt(100 * r.client_cpu / r.seconds)}% "
+            f"| {fmt(100 * r.rps / ceiling)}% | {fmt(100 * r.rps / model_ceiling)}% |"
+        )
+    return "\n".join(lines)
+
+
+def fan_out_table(runs: list[FanOut], profile: Profile) -> str:
+    streams = runs[0].streams if runs else profile.streams
+    lines = [
+        f"SSE fan-out, {streams} streams on one topic, readers in "
+        f"{profile.reader_processes} processes; the flat-out phase publishes for "
+        f"{profile.flat_seconds:g} s:",
+        "",
+        "| server | phase | published events/s | delivered events/s (while publishing) "
+        "| delivered events/s (to the last) | delivered / expected | p50 ms | p99 ms "
+        "| server CPU |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        for phase in run.phases:
+            span = max(phase.published.seconds, phase.last_receive - phase.published.started)
+            lines.append(
+                f"| {run.name} | {phase.name} | {fmt(phase.published.rate, 1)} "
+                f"| {fmt(phase.window_rate)} | {fmt(phase.overall_rate)} "
+                f"| {phase.delivered:,} / {phase.expected:,} | {fmt(phase.p50_ms, 1)} "
+                f"| {fmt(phase.p99_ms, 1)} | {fmt(100 * phase.server_cpu / span)}% |"
+            )
+    notes = []
+    for run in runs:
+        extra = f"; stream errors: {run.errors}" if run.errors else ""
+        notes.append(
+            f"{run.name}: {run.streams} streams connected in {run.connect_seconds:.1f} s, "
+            f"readers used {run.readers_cpu:.1f} CPU s in all, {run.reconnects} reconnects{extra}."
+        )
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def memory_table(runs: list[FanOut]) -> str:
+    lines = [
+        "Memory per idle stream (server RSS after the streams opened minus before, "
+        "divided by the streams):",
+        "",
+        "| server | streams | RSS before MiB | RSS after MiB | KiB per stream |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run.name} | {run.streams:,} | {fmt(run.rss_before / 1024, 1)} "
+            f"| {fmt(run.rss_after / 1024, 1)} | {fmt(run.kib_per_stream, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def resume_table(resume: Resume) -> str:
+    return "\n".join(
+        [
+            f"Resume: {resume.events:,} events published (batches of 500, "
+            f"{resume.events / resume.publish_seconds:,.0f} events/s), then one stream "
+            "resumes with `Last-Event-ID` from before them:",
+            "",
+            "| events received | in order | first frame (ready) ms | catch-up s "
+            "| catch-up events/s | server CPU | client CPU |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+            f"| {resume.received:,} | {'yes' if resume.in_order else 'NO'} "
+            f"| {fmt(resume.ready_ms, 1)} | {fmt(resume.seconds, 2)} | {fmt(resume.rate)} "
+            f"| {fmt(100 * resume.server_cpu / resume.seconds)}% "
+            f"| {fmt(100 * resume.client_cpu / resume.seconds)}% |",
+        ]
+    )
+
+
+def machine_line(profile: Profile, started: float) -> str:
+    load = os.getloadavg()
+    wrk = "wrk" if shutil.which("wrk") else "no wrk"
+    return (
+        f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, {wrk}, "
+        f"load average at the end {load[0]:.2f}. CPU columns are percent of one core. "
+        "Reproduce: `.venv/bin/python bench/http_bench.py`."
+    )
+
+
+def update_docs(section: str) -> None:
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[end:] if end >= 0 else "\n")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--update-docs", action="store_true", help=f"rewrite {SECTION!r}")
+    parser.add_argument(
+        "--only", choices=["rest", "fanout", "resume"], action="append", help="run only these"
+    )
+    parser.add_argument("--streams", type=int, help="SSE streams (default 1000, quick 200)")
+    parser.add_argument("--load-tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--servers",
+        default="peer,eventhub",
+        help="servers besides the ceiling, comma-separated among peer,eventhub",
+    )
+    args = parser.parse_args()
+    use_uvloop()
+    profile = QUICK if args.quick else FULL
+    if args.streams:
+        profile.streams = args.streams
+    chosen = set(args.only or ["rest", "fanout", "resume"])
+    servers = args.servers.split(",")
+    if "eventhub" not in servers:
+        chosen.discard("resume")
+    started = time.time()
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="eventhub-bench-") as tmp:
+        workdir = Path(tmp)
+        if "rest" in chosen:
+            kinds = ["ceiling", *servers]
+            parts.append(
+                rest_table(rest_benchmark(profile, workdir, args.load_tool, kinds), profile)
+            )
+        runs = []
+        if "fanout" in chosen:
+            names = {
+                "peer": "sse-starlette + broadcaster (memory)",
+                "eventhub": "eventhub-log serve, SQLite",
+            }
+            for kind in servers:
+                runs.append(fan_out_benchmark(names[kind], kind, profile, workdir))
+            parts.append(fan_out_table(runs, profile))
+        if "resume" in chosen:
+            parts.append(resume_table(resume_benchmark(profile, workdir)))
+        if runs:
+            parts.append(memory_table(runs))
+    section = "\n\n".join([SECTION, machine_line(profile, started), *parts])
+    print(section)
+    if args.update_docs:
+        update_docs(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

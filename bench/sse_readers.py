@@ -1,0 +1,179 @@
+"""SSE load clients: one process holding many streams, driven over a pipe.
+
+Each reader process opens its share of the streams, reports once every stream
+has had its ``ready`` frame, then records, per benchmark phase, how many events
+arrived and each one's publish-to-receive latency (the publisher puts its send
+time in the payload; both ends read the same wall clock). A stream that the
+server closes is reopened with ``Last-Event-ID``, as a browser would.
+
+Commands on the pipe: ``"counts"`` (events seen so far, per phase) and
+``"stop"`` (close everything and send the full statistics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from http_wire import MARK_RE, PhaseStats, SseStream, cpu_seconds, open_stream, use_uvloop
+
+SEQ_RE = re.compile(rb'"seq":\s*(\d+)')
+
+
+class Reader:
+    """One logical subscriber: a stream, reopened from its last id if it ends."""
+
+    def __init__(self, owner: ReaderProcess, port: int, path: str) -> None:
+        self.owner = owner
+        self.port = port
+        self.path = path
+        self.last_id: bytes | None = None
+        self.stream: SseStream | None = None
+        self.stopping = False
+
+    def on_frame(self, frame: bytes, received: float) -> None:
+        if frame.startswith(b"id:"):
+            end = frame.find(b"\n")
+            self.last_id = frame[3:end].strip()
+        found = MARK_RE.search(frame)
+        if found is None:
+            self.owner.other_frames += 1
+            return
+        self.owner.record(int(found.group(1)), received, float(found.group(2)))
+
+    async def open(self) -> None:
+        headers = {"Last-Event-ID": self.last_id.decode()} if self.last_id else None
+        self.stream = await open_stream(self.port, self.path, self.on_frame, headers)
+        if self.last_id is None:
+            self.last_id = _frame_id(self.stream.ready.result())
+
+    async def keep_open(self) -> None:
+        while not self.stopping:
+            assert self.stream is not None
+            await self.stream.done
+            if self.stopping:
+                return
+            self.owner.reconnects += 1
+            try:
+                await self.open()
+            except (OSError, ConnectionError):
+                await asyncio.sleep(0.2)
+
+
+def _frame_id(frame: bytes) -> bytes | None:
+    for line in frame.split(b"\n"):
+        if line.startswith(b"id:"):
+            return line[3:].strip()
+    return None
+
+
+class ReaderProcess:
+    def __init__(self, pipe: Connection, port: int, path: str, streams: int) -> None:
+        self.pipe = pipe
+        self.port = port
+        self.path = path
+        self.streams = streams
+        self.stats: dict[int, PhaseStats] = {}
+        self.other_frames = 0
+        self.reconnects = 0
+
+    def record(self, phase: int, received: float, sent: float) -> None:
+        stats = self.stats.get(phase)
+        if stats is None:
+            stats = self.stats[phase] = PhaseStats()
+        stats.add(received, sent)
+
+    async def run(self) -> None:
+        readers = [Reader(self, self.port, self.path) for _ in range(self.streams)]
+        gate = asyncio.Semaphore(32)
+
+        async def open_one(reader: Reader) -> None:
+            async with gate:
+                await asyncio.wait_for(reader.open(), 60)
+
+        started = time.time()
+        results = await asyncio.gather(*(open_one(r) for r in readers), return_exceptions=True)
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        opened = [r for r, result in zip(readers, results, strict=True) if result is None]
+        keepers = [asyncio.create_task(r.keep_open()) for r in opened]
+        self.pipe.send(
+            {"ready": len(opened), "errors": errors[:3], "seconds": time.time() - started}
+        )
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, self.pipe.recv)
+            if command == "counts":
+                self.pipe.send({phase: s.count for phase, s in self.stats.items()})
+            elif command == "stop":
+                break
+        for reader in opened:
+            reader.stopping = True
+            if reader.stream is not None:
+                reader.stream.close()
+        for task in keepers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.pipe.send(self.report())
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "phases": {phase: s.export() for phase, s in self.stats.items()},
+            "other_frames": self.other_frames,
+            "reconnects": self.reconnects,
+            "cpu": cpu_seconds(),
+        }
+
+
+def reader_main(pipe: Connection, port: int, path: str, streams: int) -> None:
+    """Entry point of a reader process."""
+    use_uvloop()
+    asyncio.run(ReaderProcess(pipe, port, path, streams).run())
+
+
+async def catch_up(port: int, path: str, last_event_id: str, expected: int) -> dict[str, Any]:
+    """Resume one stream from ``last_event_id`` and time how long ``expected`` events take."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    state = {"count": 0, "last_seq": 0, "in_order": True, "last": 0.0}
+
+    def on_frame(frame: bytes, received: float) -> None:
+        found = SEQ_RE.search(frame)
+        if found is None:
+            return
+        seq = int(found.group(1))
+        if seq <= state["last_seq"]:
+            state["in_order"] = False
+        state["last_seq"] = seq
+        state["count"] += 1
+        state["last"] = received
+        if state["count"] >= expected and not done.done():
+            done.set_result(None)
+
+    cpu0 = cpu_seconds()
+    started = time.time()
+    stream = await open_stream(port, path, on_frame, {"Last-Event-ID": last_event_id})
+    ready_at = time.time()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), 120)
+    except TimeoutError:
+        pass
+    finally:
+        stream.close()
+    return {
+        **state,
+        "started": started,
+        "ready_at": ready_at,
+        "cpu": cpu_seconds() - cpu0,
+    }
+
+
+def catch_up_main(
+    pipe: Connection, port: int, path: str, last_event_id: str, expected: int
+) -> None:
+    use_uvloop()
+    pipe.send(asyncio.run(catch_up(port, path, last_event_id, expected)))
