@@ -156,7 +156,6 @@ class GroupCommitWriter:
                 submission.future.set_result(stored[offset : offset + count])
             offset += count
 
-
     async def _commit_keyed(self, batch: list[Submission]) -> None:
         requests = [KeyedRequest(s.events, s.key, s.request_hash) for s in batch]
         now = datetime.now(UTC)
