@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     body_limit: int = Field(default=1024 * 1024, ge=1, description="request body limit, bytes")
     heartbeat_interval: float = Field(default=15.0, gt=0, description="SSE ': ping' period, s")
     stream_buffer: int = Field(default=1000, ge=1, description="live events buffered per stream")
+    stream_write_timeout: float = Field(
+        default=30.0, gt=0, description="SSE write blocked this long (s): cut off, client resumes"
+    )
     idempotency_ttl: float = Field(default=24 * 3600, gt=0, description="how long keys are kept, s")
     instance_heartbeat: float = Field(default=5.0, gt=0)
     instance_ttl: float = Field(default=30.0, gt=0)
