@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from .errors import DatabaseUnavailable, EventHubError, HubNotStarted, StorageError
 from .idempotency import KeyedRequest, append_keyed
 from .model import Event, PendingEvent
-from .store import queries
-from .store.database import Database
+from .store import queries, sqlite
+from .store.database import Database, translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,7 @@ class GroupCommitWriter:
             await self._commit_keyed(batch)
             return
         pending = [event for submission in batch for event in submission.events]
-        now = datetime.now(UTC)
-        async with self._database.write() as conn:
-            stored = await queries.append(conn, self._database.dialect, pending, now)
+        stored = await self._append(pending, datetime.now(UTC))
         try:
             self._on_commit(stored, stored[0].position - 1)
         except Exception:
@@ -177,6 +175,18 @@ class GroupCommitWriter:
                 assert outcome.events is not None
                 submission.replayed = outcome.replayed
                 submission.future.set_result(outcome.events)
+
+    async def _append(self, pending: list[PendingEvent], now: datetime) -> list[Event]:
+        database = self._database
+        if database.is_sqlite:
+            # One round trip to the driver's thread instead of a score: see sqlite.py.
+            with translate_errors():
+                async with database.engine.connect() as conn:
+                    stored = await sqlite.append_batch(conn, pending, now)
+            if stored is not None:
+                return stored
+        async with database.write() as conn:
+            return await queries.append(conn, database.dialect, pending, now)
 
 
 def _fail(submission: Submission, exc: BaseException) -> None:

@@ -56,7 +56,6 @@ async def append(
             .returning(log_head.c.position)
         )
     ).scalar_one()
-    next_position = head - count + 1
 
     per_topic = Counter(item.topic for item in pending)
     upsert = dialect.topics_upsert(
@@ -65,25 +64,8 @@ async def append(
             for topic, n in per_topic.items()
         ]
     )
-    next_seq = {
-        topic: last_seq - per_topic[topic] + 1
-        for topic, last_seq in (await conn.execute(upsert)).all()
-    }
-
-    stored: list[Event] = []
-    for offset, item in enumerate(pending):
-        seq = next_seq[item.topic]
-        next_seq[item.topic] = seq + 1
-        stored.append(
-            Event(
-                topic=item.topic,
-                seq=seq,
-                position=next_position + offset,
-                published_at=now,
-                payload_json=item.payload_json,
-                exclude_id=item.exclude_id,
-            )
-        )
+    last_seqs = {topic: last_seq for topic, last_seq in (await conn.execute(upsert)).all()}
+    stored = number_events(pending, head, last_seqs, now)
     await conn.execute(
         events.insert(),
         [
@@ -98,6 +80,25 @@ async def append(
             for ev in stored
         ],
     )
+    return stored
+
+
+def number_events(
+    pending: Sequence[PendingEvent], head: int, last_seqs: dict[str, int], now: datetime
+) -> list[Event]:
+    """Give a batch its positions and seqs, ending at ``head`` and at each topic's
+    ``last_seq`` (the values the batch's own updates of ``log_head`` and ``topics``
+    returned)."""
+    next_seq = dict(last_seqs)
+    for item in pending:
+        next_seq[item.topic] -= 1
+    stored: list[Event] = []
+    position = head - len(pending)
+    for item in pending:
+        topic = item.topic
+        position += 1
+        seq = next_seq[topic] = next_seq[topic] + 1
+        stored.append(Event(topic, seq, position, now, item.payload_json, item.exclude_id))
     return stored
 
 

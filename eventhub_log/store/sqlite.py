@@ -10,15 +10,22 @@ run beside the writer under WAL.
 
 from __future__ import annotations
 
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
-from .tables import subscriptions, topics
+from ..errors import DatabaseUnavailable, StorageError
+from ..model import Event, PendingEvent
+from .queries import number_events
+from .tables import events, subscriptions, topics
 
 WRITE_OPTION = "eventhub_write"
 
@@ -73,3 +80,73 @@ def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
 
 def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
     return sqlite_insert(subscriptions).values(rows).on_conflict_do_nothing()
+
+
+# The group-commit writer's transaction, as one call on the driver's thread -----
+#
+# aiosqlite runs every sqlite3 call on a thread of its own and each call is a
+# round trip between that thread and the event loop; through SQLAlchemy a batch
+# takes about twenty of them (begin, three statements with their cursors, commit,
+# the pool's reset), which costs more than the commit's fsync. The writer's batch
+# needs no SQLAlchemy feature, so it runs the whole transaction as one call on
+# that thread: the same statements on the same pooled connection, one round trip.
+
+_BUMP_HEAD = "UPDATE log_head SET position = position + ? WHERE id = 1 RETURNING position"
+_BUMP_TOPIC = (
+    "INSERT INTO topics (topic, last_seq, created_at, last_published_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (topic) DO UPDATE SET last_seq = topics.last_seq + excluded.last_seq, "
+    "last_published_at = excluded.last_published_at RETURNING last_seq"
+)
+_INSERT_EVENTS = (
+    "INSERT INTO events (topic, seq, position, payload, exclude_id, published_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+async def append_batch(
+    conn: AsyncConnection, pending: Sequence[PendingEvent], now: datetime
+) -> list[Event] | None:
+    """Append in a ``BEGIN IMMEDIATE`` transaction of its own, committed on return.
+
+    ``None`` when the driver offers no way to run a call on its thread (then the
+    caller takes the ordinary SQLAlchemy path, which gives the same result).
+    """
+    driver = (await conn.get_raw_connection()).driver_connection
+    # aiosqlite's own way to queue a call on its thread (its methods all use it).
+    run = getattr(driver, "_execute", None)
+    db = getattr(driver, "_connection", None)
+    if run is None or not isinstance(db, sqlite3.Connection):
+        return None
+    encode_time = events.c.published_at.type.bind_processor(conn.dialect)
+    assert encode_time is not None
+    try:
+        stored: list[Event] = await run(_append_on_thread, db, pending, now, encode_time(now))
+    except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StorageError(f"database error: {exc}") from exc
+    return stored
+
+
+def _append_on_thread(
+    db: sqlite3.Connection, pending: Sequence[PendingEvent], now: datetime, now_text: str
+) -> list[Event]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ((head,),) = db.execute(_BUMP_HEAD, (len(pending),)).fetchall()
+        last_seqs: dict[str, int] = {}
+        for topic, count in Counter(item.topic for item in pending).items():
+            ((last_seqs[topic],),) = db.execute(
+                _BUMP_TOPIC, (topic, count, now_text, now_text)
+            ).fetchall()
+        stored = number_events(pending, head, last_seqs, now)
+        db.executemany(
+            _INSERT_EVENTS,
+            [(e.topic, e.seq, e.position, e.payload_json, e.exclude_id, now_text) for e in stored],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return stored
