@@ -1,7 +1,76 @@
-"""Routes: stream (see the contract, ../shared/spec/contract.md)."""
+"""``GET /v1/stream``: the SSE stream of contract section 3 (machinery in ``api/sse.py``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
 
-router = APIRouter()
+from fastapi import APIRouter, Header, Query, Request
+
+from eventhub_log.model import parse_cursor
+from eventhub_log.validation import validate_subscriber, validate_topic
+
+from ..deps import HubDep, SettingsDep
+from ..sse import MEDIA_TYPE, EventStreamResponse, registry_of
+
+router = APIRouter(tags=["stream"])
+
+_ERROR = {"content": {"application/json": {"example": {"error": {"code": "", "message": ""}}}}}
+
+
+@router.get(
+    "/v1/stream",
+    response_class=EventStreamResponse,
+    summary="Server-sent events: replay from a cursor, then live",
+    description=(
+        "First `event: ready` with an `id:` (the position the stream starts after) and "
+        '`data: {"subscriber", "topics"}`; then each event as `id: <cursor>` and '
+        '`data: {"topic", "seq", "payload", "published_at"}`; `event: gap` where '
+        "retention removed events a resume needed; `: ping` comments while idle. "
+        "Reconnect with `Last-Event-ID` (or `last_event_id`) to resume exactly."
+    ),
+    responses={
+        200: {"content": {MEDIA_TYPE: {}}, "description": "the event stream"},
+        400: {"description": "invalid topic, subscriber or cursor", **_ERROR},
+        422: {"description": "no topic, or an unknown `from` value", **_ERROR},
+    },
+)
+async def stream(
+    request: Request,
+    hub: HubDep,
+    settings: SettingsDep,
+    topic: Annotated[list[str], Query(description="a topic to follow (repeatable)")],
+    subscriber: Annotated[
+        str | None, Query(description="subscriber id; assigned by the server when absent")
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="resume after this id (for clients without headers)")
+    ] = None,
+    from_: Annotated[
+        Literal["earliest"] | None,
+        Query(alias="from", description="`earliest`: replay all retained history first"),
+    ] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", include_in_schema=False)
+    ] = None,
+) -> EventStreamResponse:
+    topics = list(dict.fromkeys(validate_topic(name) for name in topic))
+    if subscriber is not None:
+        validate_subscriber(subscriber)
+    # An EventSource reconnects to the URL it was opened with, adding the header:
+    # the header is the newer position, so it wins over the query, and a resume
+    # wins over from=earliest.
+    cursor = last_event_id_header or last_event_id or None
+    if cursor is not None:
+        parse_cursor(cursor)
+    return EventStreamResponse(
+        hub,
+        registry_of(
+            request.app.state,
+            heartbeat_interval=settings.heartbeat_interval,
+            write_timeout=settings.stream_write_timeout,
+        ),
+        topics=topics,
+        subscriber=subscriber,
+        after=cursor,
+        from_earliest=from_ == "earliest" and cursor is None,
+    )
