@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="bring the database schema to head")
     _database_option(migrate)
+    _add_tail(commands)
     return parser
 
 
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "tail":
+            return _tail(args)
         if args.command == "migrate":
             revision = asyncio.run(_migrate(args.database_url))
             print(f"schema at revision {revision}")
@@ -110,6 +113,54 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=3,
         access_log=False,
     )
+    return 0
+
+
+def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = commands.add_parser(
+        "tail",
+        help="follow topics over SSE, one JSON event a line; resumes across drops",
+    )
+    tail.add_argument("topics", nargs="+", metavar="TOPIC")
+    tail.add_argument(
+        "--url", default=_env("URL", "http://127.0.0.1:8000"), help="server (env EVENTHUB_URL)"
+    )
+    tail.add_argument("--last-event-id", help="start after this event id (resume)")
+    tail.add_argument(
+        "--from-earliest", action="store_true", help="replay all retained history first"
+    )
+    tail.add_argument("--subscriber", help="subscriber id (exclusion follows it)")
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="eventhub-log tail: %(message)s")
+    return asyncio.run(_follow(args))
+
+
+async def _follow(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import EventStreamClient, StreamGap
+
+    async with EventStreamClient(
+        args.url,
+        args.topics,
+        subscriber=args.subscriber,
+        last_event_id=args.last_event_id,
+        from_earliest=args.from_earliest,
+    ) as stream:
+        async for item in stream:
+            if isinstance(item, StreamGap):
+                print(
+                    f"eventhub-log tail: gap in {item.topic}: seq {item.from_seq} to "
+                    f"{item.to_seq} were removed by retention",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            print(json.dumps(item.to_dict(), ensure_ascii=False), flush=True)
     return 0
 
 

@@ -1,0 +1,242 @@
+"""A resuming client for the SSE stream ``GET /v1/stream``.
+
+    async with EventStreamClient("http://127.0.0.1:8000", ["room:lobby"]) as stream:
+        async for event in stream:
+            print(event.id, event.topic, event.seq, event.payload)
+
+It reconnects whenever the connection drops or the server restarts, sending the
+id of the last event it handed out as ``Last-Event-ID``, so the caller sees every
+event once, in order. The ``ready`` message's id counts too: a drop before the
+first event resumes from where the stream began. Refusals (4xx, such as a
+malformed cursor) raise ``StreamRefused``; anything else is retried with
+exponential backoff and jitter, reset once a connection is ready again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from .errors import EventHubError
+
+log = logging.getLogger(__name__)
+
+# Statuses worth retrying; any other 4xx is the request's fault and is raised.
+_RETRYABLE = {408, 425, 429}
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event as the stream delivers it; ``id`` is the cursor to resume after."""
+
+    id: str
+    topic: str
+    seq: int
+    payload: Any
+    published_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "seq": self.seq,
+            "payload": self.payload,
+            "published_at": self.published_at,
+        }
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """Retention removed events ``from_seq`` to ``to_seq`` of ``topic`` before we read them."""
+
+    topic: str
+    from_seq: int
+    to_seq: int
+
+
+class StreamRefused(EventHubError):
+    """The server refused the stream (a 4xx): retrying the same request cannot help."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class _Message:
+    event: str
+    data: str
+    id: str | None
+
+
+class EventStreamClient:
+    """Follow topics over SSE, resuming by ``Last-Event-ID`` across drops."""
+
+    def __init__(
+        self,
+        url: str,
+        topics: Sequence[str],
+        *,
+        subscriber: str | None = None,
+        last_event_id: str | None = None,
+        from_earliest: bool = False,
+        min_backoff: float = 0.1,
+        max_backoff: float = 10.0,
+        max_attempts: int | None = None,
+        read_timeout: float = 60.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not topics:
+            raise ValueError("follow at least one topic")
+        self.url = url.rstrip("/") + "/v1/stream"
+        self.topics = list(topics)
+        self.subscriber = subscriber
+        self.last_event_id = last_event_id
+        self.from_earliest = from_earliest
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.max_attempts = max_attempts
+        self.connections = 0
+        # A stalled connection sends no heartbeat: give up on it and resume.
+        self._timeout = httpx.Timeout(10.0, read=read_timeout)
+        self._http = http or httpx.AsyncClient()
+        self._owns_http = http is None
+
+    async def __aenter__(self) -> EventStreamClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent | StreamGap]:
+        return self.events()
+
+    async def events(self) -> AsyncIterator[StreamEvent | StreamGap]:
+        """Every event of the topics, then live, for as long as you iterate."""
+        backoff = self.min_backoff
+        failures = 0
+        while True:
+            try:
+                async for item in self._connect():
+                    if item is None:  # ready: this connection works
+                        backoff, failures = self.min_backoff, 0
+                        continue
+                    yield item
+                reason = "the server ended the stream"
+            except (httpx.TransportError, _Retry) as exc:
+                reason = str(exc) or type(exc).__name__
+            failures += 1
+            if self.max_attempts is not None and failures >= self.max_attempts:
+                raise ConnectionError(
+                    f"gave up after {failures} failed attempts to stream from {self.url}: {reason}"
+                )
+            delay = backoff * (0.5 + random.random() / 2)
+            log.warning(
+                "stream interrupted (%s); resuming after id %s in %.2fs",
+                reason,
+                self.last_event_id,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _connect(self) -> AsyncIterator[StreamEvent | StreamGap | None]:
+        params = httpx.QueryParams([("topic", topic) for topic in self.topics])
+        if self.subscriber is not None:
+            params = params.add("subscriber", self.subscriber)
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
+        elif self.from_earliest:
+            params = params.add("from", "earliest")
+        async with self._http.stream(
+            "GET", self.url, params=params, headers=headers, timeout=self._timeout
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                _raise_for(response)
+            self.connections += 1
+            async for message in _parse(response.aiter_lines()):
+                if message.event == "ready":
+                    data = json.loads(message.data)
+                    # Keep the server's id for this subscriber: exclusion follows it.
+                    self.subscriber = self.subscriber or data.get("subscriber")
+                    if message.id:
+                        self.last_event_id = message.id
+                    yield None
+                elif message.event == "gap":
+                    data = json.loads(message.data)
+                    yield StreamGap(data["topic"], data["from_seq"], data["to_seq"])
+                elif message.event == "message":
+                    data = json.loads(message.data)
+                    event = StreamEvent(
+                        id=message.id or "",
+                        topic=data["topic"],
+                        seq=data["seq"],
+                        payload=data["payload"],
+                        published_at=data["published_at"],
+                    )
+                    # Advance only as the event is handed out: a drop before the
+                    # caller has it resumes before it.
+                    if message.id:
+                        self.last_event_id = message.id
+                    yield event
+
+
+class _Retry(Exception):
+    pass
+
+
+def _raise_for(response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400 or status >= 500 or status in _RETRYABLE:
+        raise _Retry(f"HTTP {status}")
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", response.text[:200]
+    raise StreamRefused(status, code, message)
+
+
+async def _parse(lines: AsyncIterator[str]) -> AsyncIterator[_Message]:
+    """The event-stream format of the HTML standard, for what this server sends."""
+    event, last_id = "", None
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield _Message(event or "message", "\n".join(data), last_id)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue  # a comment: heartbeat
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+
+
+__all__ = ["EventStreamClient", "StreamEvent", "StreamGap", "StreamRefused"]
