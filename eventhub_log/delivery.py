@@ -228,6 +228,12 @@ class Dispatcher:
         self.through = 0
         self._catch_up_needed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Subscription changes from other instances (subscription_sync.py): applied
+        # before each read of the log, and while one is signalled but not applied,
+        # local commits go through that read too, so a change committed before an
+        # event is in effect when the event is routed.
+        self.before_catch_up: Callable[[], Awaitable[None]] | None = None
+        self.hold: Callable[[], bool] = lambda: False
 
     async def start(self) -> None:
         self.through = await self._head()
@@ -291,6 +297,9 @@ class Dispatcher:
         ``from_log``: the events were just read from the log after ``through``, so
         a hole between them is one retention made, not one still to come.
         """
+        if not from_log and self.hold():
+            self.wake()
+            return
         for event in events:
             if event.position <= self.through:
                 continue
@@ -321,6 +330,8 @@ class Dispatcher:
 
     async def _catch_up(self) -> None:
         while True:
+            if self.before_catch_up is not None:
+                await self.before_catch_up()
             if not self._by_topic:
                 self.through = max(self.through, await self._head())
                 return

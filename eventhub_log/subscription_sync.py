@@ -36,7 +36,16 @@ class SubscriptionSync:
         self._dispatcher = dispatcher
         self._interval = interval
         self._applied = 0
+        # Signalled (PostgreSQL NOTIFY) but not read yet.
+        self.pending = False
+        # SQLite has no signal: read before every read of the log (a cheap query,
+        # and there the log is read only when the head moved).
+        self._read_every_time = database.is_sqlite
+        dispatcher.before_catch_up = self._before_catch_up
+        dispatcher.hold = lambda: self.pending
         self._wakeup = asyncio.Event()
+        # One reader at a time: changes must be applied in id order.
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -53,7 +62,12 @@ class SubscriptionSync:
             self._task = None
 
     def wake(self) -> None:
+        self.pending = True
         self._wakeup.set()
+
+    async def _before_catch_up(self) -> None:
+        if self.pending or self._read_every_time:
+            await self.apply_new()
 
     async def _run(self) -> None:
         while True:
@@ -63,9 +77,15 @@ class SubscriptionSync:
             try:
                 await self.apply_new()
             except Exception:
+                self.pending = False  # do not hold local delivery while the database is away
                 log.debug("reading subscription changes failed", exc_info=True)
 
     async def apply_new(self) -> None:
+        async with self._lock:
+            await self._apply_new()
+
+    async def _apply_new(self) -> None:
+        self.pending = False
         while True:
             async with self._database.read() as conn:
                 changes = await queries.subscription_changes_after(conn, self._applied, PAGE)
