@@ -11,6 +11,7 @@ from eventhub_log import EventHub
 
 from . import errors
 from .body_limit import BodyLimitMiddleware
+from .metrics import Metrics, MetricsMiddleware
 from .routes import health, history, metrics, publish, stream, subscriptions, topics, ws
 from .settings import Settings
 
@@ -46,4 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (publish, history, topics, subscriptions, stream, ws, metrics, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit)
+    # Outermost, so that it also counts the 413s of the body limit.
+    app.state.metrics = Metrics(lambda: getattr(app.state, "hub", None))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -1,7 +1,50 @@
-"""Routes: subscriptions (see the contract, ../shared/spec/contract.md)."""
+"""Subscriptions over REST: the same rows the streams use, so a subscription added
+here reaches an open stream of that subscriber."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-router = APIRouter()
+from ..deps import HubDep
+from ..errors import ApiError
+from ..schemas import RemovedOut, SubscriberTopicsOut, SubscriptionOut, errors
+
+router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
+
+
+@router.put(
+    "/{subscriber}/topics/{topic:path}",
+    summary="Subscribe (idempotent)",
+    responses=errors(400),
+)
+async def subscribe(subscriber: str, topic: str, hub: HubDep) -> SubscriptionOut:
+    await hub.subscribe(topic, subscriber)
+    return SubscriptionOut(subscriber=subscriber, topic=topic)
+
+
+@router.delete(
+    "/{subscriber}/topics/{topic:path}",
+    status_code=204,
+    summary="Unsubscribe",
+    responses=errors(400, 404),
+)
+async def unsubscribe(subscriber: str, topic: str, hub: HubDep) -> Response:
+    if not await hub.unsubscribe(topic, subscriber):
+        raise ApiError(
+            404, "not_subscribed", f"subscriber {subscriber!r} is not subscribed to {topic!r}"
+        )
+    return Response(status_code=204)
+
+
+@router.get("/{subscriber}", summary="A subscriber's topics", responses=errors(400))
+async def subscriber_topics(subscriber: str, hub: HubDep) -> SubscriberTopicsOut:
+    return SubscriberTopicsOut(subscriber=subscriber, topics=await hub.subscriptions(subscriber))
+
+
+@router.delete(
+    "/{subscriber}",
+    summary="Remove all of a subscriber's subscriptions in one transaction",
+    responses=errors(400),
+)
+async def unsubscribe_all(subscriber: str, hub: HubDep) -> RemovedOut:
+    return RemovedOut(subscriber=subscriber, removed=await hub.unsubscribe_all(subscriber))

@@ -1,0 +1,142 @@
+"""Request and response bodies of the REST routes, as the contract shapes them.
+
+Request models forbid unknown fields: a misspelt ``exclude`` must be a 422, not
+an event quietly sent to everyone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from eventhub_log.model import Event, TopicInfo, format_timestamp
+
+MAX_BATCH = 1000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PublishIn(_Body):
+    payload: Any = Field(description="any JSON value")
+    exclude: str | None = Field(default=None, description="subscriber id not to deliver to")
+
+
+class BatchItemIn(_Body):
+    topic: str
+    payload: Any = Field(description="any JSON value")
+    exclude: str | None = None
+
+
+class BatchIn(_Body):
+    events: list[BatchItemIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class PublishedOut(BaseModel):
+    topic: str
+    seq: int
+    id: str = Field(description="the event's cursor, as SSE and WebSocket show it")
+    published_at: str = Field(description="RFC 3339 UTC with microseconds")
+
+    @classmethod
+    def of(cls, event: Event) -> PublishedOut:
+        return cls(
+            topic=event.topic,
+            seq=event.seq,
+            id=event.id,
+            published_at=format_timestamp(event.published_at),
+        )
+
+
+class EventOut(BaseModel):
+    topic: str
+    seq: int
+    id: str
+    payload: Any
+    published_at: str
+    exclude: str | None
+
+    @classmethod
+    def of(cls, event: Event) -> EventOut:
+        return cls(
+            topic=event.topic,
+            seq=event.seq,
+            id=event.id,
+            payload=event.payload,
+            published_at=format_timestamp(event.published_at),
+            exclude=event.exclude_id,
+        )
+
+
+class BatchOut(BaseModel):
+    events: list[EventOut]
+
+
+class HistoryOut(BaseModel):
+    events: list[EventOut]
+    next: str | None = Field(description="relative URL of the next page, or null")
+
+
+class TopicOut(BaseModel):
+    topic: str
+    last_seq: int
+    event_count: int
+    first_published_at: str | None
+    last_published_at: str | None
+    subscriber_count: int
+
+    @classmethod
+    def of(cls, info: TopicInfo) -> TopicOut:
+        return cls(
+            topic=info.topic,
+            last_seq=info.last_seq,
+            event_count=info.event_count,
+            first_published_at=_timestamp(info.first_published_at),
+            last_published_at=_timestamp(info.last_published_at),
+            subscriber_count=info.subscriber_count,
+        )
+
+
+class TopicsOut(BaseModel):
+    topics: list[TopicOut]
+
+
+class SubscriptionOut(BaseModel):
+    subscriber: str
+    topic: str
+
+
+class SubscriberTopicsOut(BaseModel):
+    subscriber: str
+    topics: list[str]
+
+
+class RemovedOut(BaseModel):
+    subscriber: str
+    removed: int = Field(description="how many subscriptions were removed")
+
+
+class TopicSubscribersOut(BaseModel):
+    topic: str
+    subscribers: list[str]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+def _timestamp(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    return {status: {"model": ErrorOut} for status in statuses}
