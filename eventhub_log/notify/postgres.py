@@ -122,7 +122,12 @@ class PostgresNotifier(Notifier):
 
     async def _serve(self, conn: asyncpg.Connection[Any]) -> None:
         lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
+
+        def terminated(_conn: Any) -> None:
+            lost.set()
+            self._signal.set()  # end the wait below now, not at the next check
+
+        conn.add_termination_listener(terminated)
         await conn.add_listener(EVENTS_CHANNEL, self._heard_event)
         await conn.add_listener(SUBSCRIPTIONS_CHANNEL, self._heard_subscriptions)
         self.connections += 1
