@@ -32,8 +32,8 @@ class Settings(BaseSettings):
         default=None, ge=1, description="largest WebSocket frame accepted, bytes (body_limit)"
     )
     ws_send_queue: int = Field(default=256, ge=1, description="frames queued per WebSocket")
-    ws_frame_rate: float = Field(default=200.0, gt=0, description="client frames/s allowed")
-    ws_frame_burst: int = Field(default=1000, ge=1, description="client frames in a burst")
+    ws_frame_rate: float = Field(default=1000.0, gt=0, description="client frames/s allowed")
+    ws_frame_burst: int = Field(default=5000, ge=1, description="client frames in a burst")
 
     @property
     def effective_mode(self) -> Literal["stateful", "stateless"]:
