@@ -311,6 +311,7 @@ class EventHub:
     ) -> list[Event]:
         """A page of a topic's events; page on by ``after_seq`` (or ``before_seq``)."""
         validate_topic(topic)
+        self._require_running()
         if not 1 <= limit <= MAX_HISTORY_LIMIT:
             raise ValidationError(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
         if order not in ("asc", "desc"):
@@ -340,6 +341,7 @@ class EventHub:
     ) -> HistoryPage:
         """Like ``history``, also telling whether more events follow the page."""
         validate_topic(topic)
+        self._require_running()
         if not 1 <= limit <= MAX_HISTORY_LIMIT:
             raise ValidationError(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
         async with self.database.read() as conn:
@@ -367,6 +369,7 @@ class EventHub:
     ) -> AsyncIterator[Event]:
         """Every selected event, streamed from the database without loading it all."""
         validate_topic(topic)
+        self._require_running()
         async with self.database.read() as conn:
             async for event in queries.stream_history(
                 conn,
@@ -380,16 +383,19 @@ class EventHub:
                 yield event
 
     async def topics(self) -> list[TopicInfo]:
+        self._require_running()
         async with self.database.read() as conn:
             return await queries.topic_infos(conn)
 
     async def subscriptions(self, subscriber_id: str) -> list[str]:
         validate_subscriber(subscriber_id)
+        self._require_running()
         async with self.database.read() as conn:
             return await queries.subscriber_topics(conn, subscriber_id)
 
     async def subscribers(self, topic: str) -> list[str]:
         validate_topic(topic)
+        self._require_running()
         async with self.database.read() as conn:
             return await queries.topic_subscribers(conn, topic)
 
@@ -400,6 +406,7 @@ class EventHub:
 
     async def head(self) -> str:
         """The cursor of the newest committed event (``"0"`` for an empty log)."""
+        self._require_running()
         return str(await self._head_position())
 
     # Streams -------------------------------------------------------------------
