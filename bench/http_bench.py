@@ -43,8 +43,8 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _raise_fd_limit() -> None:
@@ -183,12 +192,7 @@ class Server:
 
     def cpu(self) -> float:
         """CPU seconds used so far by the server (and any children)."""
-        total = 0
-        for pid in self._pids():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-        return total / CLK_TCK
+        return sum(process_cpu(pid) for pid in self._pids())
 
     def rss_kib(self) -> int:
         total = 0
@@ -205,6 +209,61 @@ def running(name: str, kind: str, workdir: Path) -> Iterator[Server]:
         yield server.start()
     finally:
         server.stop()
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its finished children (load tools, readers)."""
+    self_usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_usage.ru_utime + self_usage.ru_stime + children.ru_utime + children.ru_stime
+
+
+class CpuWatch:
+    """Splits the machine's busy time over an interval into ours and everybody else's.
+
+    Other work on the machine (tests, builds) takes cores from the server and skews
+    the figures, so each table says how much of it there was.
+    """
+
+    def __init__(self, server: Server, clients: Callable[[], float] = lambda: 0.0) -> None:
+        self.server = server
+        self.clients = clients
+        self.machine0 = machine_busy()
+        self.server0 = server.cpu()
+        self.own0 = own_cpu()
+        self.clients0 = clients()
+        self.wall0 = time.time()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.time() - self.wall0
+        machine = machine_busy() - self.machine0
+        server = self.server.cpu() - self.server0
+        clients = self.clients() - self.clients0
+        own = own_cpu() - self.own0 + clients
+        return {
+            "wall": wall,
+            "server": server,
+            "clients": clients,
+            "others": max(0.0, machine - server - own),
+        }
+
+
+def wait_for_quiet(limit: float = 20.0, threshold: float = 0.25) -> float:
+    """Wait (at most ``limit`` s) until other work uses under ``threshold`` of a core."""
+    started = time.time()
+    while True:
+        before = machine_busy()
+        time.sleep(1.0)
+        busy = machine_busy() - before
+        if busy < threshold or time.time() - started > limit:
+            return busy
 
 
 def log(message: str) -> None:
@@ -225,6 +284,7 @@ class RestRow:
     name: str
     result: LoadResult
     server_cpu: float
+    others_cpu: float
     stored: int | None = None
 
 
@@ -250,7 +310,8 @@ def rest_benchmark(profile: Profile, workdir: Path, tool: str, kinds: list[str])
         with running(name, kind, workdir) as server:
             log(f"REST: {name}")
             rest_load(server.port, path, PUBLISH_BODY, connections=16, seconds=1, tool=tool)
-            cpu0 = server.cpu()
+            wait_for_quiet()
+            watch = CpuWatch(server)
             result = rest_load(
                 server.port,
                 path,
@@ -259,7 +320,8 @@ def rest_benchmark(profile: Profile, workdir: Path, tool: str, kinds: list[str])
                 seconds=profile.rest_seconds,
                 tool=tool,
             )
-            row = RestRow(name, result, server.cpu() - cpu0)
+            cpu = watch.stop()
+            row = RestRow(name, result, cpu["server"], cpu["others"])
             if kind == "eventhub":
                 row.stored = stored_events(server.port, "bench")
             rows.append(row)
@@ -290,7 +352,7 @@ class Phase:
     last_receive: float = 0.0
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
-    server_cpu: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def expected(self) -> int:
@@ -314,7 +376,8 @@ class FanOut:
     rss_before: int
     rss_after: int
     phases: list[Phase]
-    readers_cpu: float
+    readers_cpu: float  # CPU seconds of all reader processes while publishing and draining
+    seconds: float  # how long that lasted
     reconnects: int
     errors: list[str]
 
@@ -338,6 +401,7 @@ class Readers:
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         ready, errors, seconds = 0, [], 0.0
+        self.ready_cpu = 0.0
         for pipe in self.pipes:
             if not pipe.poll(timeout):
                 raise RuntimeError("SSE readers did not get ready in time")
@@ -345,7 +409,11 @@ class Readers:
             ready += report["ready"]
             errors += report["errors"]
             seconds = max(seconds, report["seconds"])
+            self.ready_cpu += report["cpu"]
         return {"ready": ready, "errors": errors, "seconds": seconds}
+
+    def cpu(self) -> float:
+        return sum(process_cpu(p.pid) for p in self.processes if p.pid is not None)
 
     def counts(self) -> dict[int, int]:
         for pipe in self.pipes:
@@ -414,12 +482,14 @@ def fan_out_benchmark(
             rss_after = server.rss_kib()
             log(f"  {ready['ready']} streams ready in {ready['seconds']:.1f} s")
             phases = []
+            phases_started = time.time()
             plans = [
                 (1, f"paced {profile.paced_rate:g}/s", profile.paced_seconds),
                 (2, "flat out, 8 publishers", profile.flat_seconds),
             ]
             for number, label, seconds in plans:
-                cpu0 = server.cpu()
+                wait_for_quiet()
+                watch = CpuWatch(server, readers.cpu)
                 if number == 1:
                     published = asyncio.run(
                         publish_paced(
@@ -437,7 +507,7 @@ def fan_out_benchmark(
                 in_window = readers.counts().get(number, 0)
                 phase = Phase(label, published, ready["ready"], delivered_in_window=in_window)
                 phase.drain_seconds = drain(readers, number, phase.expected, 60)
-                phase.server_cpu = server.cpu() - cpu0
+                phase.cpu = watch.stop()
                 log(
                     f"  {label}: {published.accepted} published, "
                     f"drained in {phase.drain_seconds:.1f} s"
@@ -464,7 +534,8 @@ def fan_out_benchmark(
         rss_before=rss_before,
         rss_after=rss_after,
         phases=phases,
-        readers_cpu=sum(r["cpu"] for r in reports),
+        readers_cpu=sum(r["cpu"] for r in reports) - readers.ready_cpu,
+        seconds=time.time() - phases_started,
         reconnects=sum(r["reconnects"] for r in reports),
         errors=ready["errors"],
     )
@@ -483,6 +554,7 @@ class Resume:
     seconds: float
     server_cpu: float
     client_cpu: float
+    others_cpu: float
 
     @property
     def rate(self) -> float:
@@ -534,7 +606,8 @@ def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
         log("resume: catching up")
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        cpu0 = server.cpu()
+        wait_for_quiet()
+        watch = CpuWatch(server)
         process = context.Process(
             target=catch_up_main,
             args=(child, server.port, "/v1/stream?topic=resume", cursor, profile.resume_events),
@@ -542,7 +615,7 @@ def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
         process.start()
         result = parent.recv()
         process.join(10)
-        server_cpu = server.cpu() - cpu0
+        cpu = watch.stop()
     return Resume(
         events=profile.resume_events,
         publish_seconds=publish_seconds,
@@ -550,8 +623,9 @@ def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
         in_order=result["in_order"],
         ready_ms=(result["ready_at"] - result["started"]) * 1e3,
         seconds=result["last"] - result["started"],
-        server_cpu=server_cpu,
+        server_cpu=cpu["server"],
         client_cpu=result["cpu"],
+        others_cpu=cpu["others"],
     )
 
 
@@ -573,8 +647,8 @@ def rest_table(rows: list[RestRow], profile: Profile) -> str:
         f"load from `{tool}`:",
         "",
         "| server | requests/s | p50 ms | p99 ms | errors | server CPU | client CPU "
-        "| of ceiling | of same-body ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| other work | of ceiling | of same-body ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         r = row.result
@@ -584,7 +658,8 @@ def rest_table(rows: list[RestRow], profile: Profile) -> str:
         lines.append(
             f"| {row.name} | {fmt(r.rps)} | {fmt(r.p50_ms, 1)} | {fmt(r.p99_ms, 1)} | {errors} "
             f"| {fmt(100 * row.server_cpu / r.seconds)}% | {fmt(100 * r.client_cpu / r.seconds)}% "
-            f"| {fmt(100 * r.rps / ceiling)}% | {fmt(100 * r.rps / model_ceiling)}% |"
+            f"| {fmt(100 * row.others_cpu / r.seconds)}% | {fmt(100 * r.rps / ceiling)}% "
+            f"| {fmt(100 * r.rps / model_ceiling)}% |"
         )
     return "\n".join(lines)
 
@@ -598,24 +673,28 @@ def fan_out_table(runs: list[FanOut], profile: Profile) -> str:
         "",
         "| server | phase | published events/s | delivered events/s (while publishing) "
         "| delivered events/s (to the last) | delivered / expected | p50 ms | p99 ms "
-        "| server CPU |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU | readers CPU | other work |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         for phase in run.phases:
-            span = max(phase.published.seconds, phase.last_receive - phase.published.started)
+            cpu = phase.cpu
             lines.append(
                 f"| {run.name} | {phase.name} | {fmt(phase.published.rate, 1)} "
                 f"| {fmt(phase.window_rate)} | {fmt(phase.overall_rate)} "
                 f"| {phase.delivered:,} / {phase.expected:,} | {fmt(phase.p50_ms, 1)} "
-                f"| {fmt(phase.p99_ms, 1)} | {fmt(100 * phase.server_cpu / span)}% |"
+                f"| {fmt(phase.p99_ms, 1)} | {fmt(100 * cpu['server'] / cpu['wall'])}% "
+                f"| {fmt(100 * cpu['clients'] / cpu['wall'])}% "
+                f"| {fmt(100 * cpu['others'] / cpu['wall'])}% |"
             )
     notes = []
     for run in runs:
         extra = f"; stream errors: {run.errors}" if run.errors else ""
         notes.append(
             f"{run.name}: {run.streams} streams connected in {run.connect_seconds:.1f} s, "
-            f"readers used {run.readers_cpu:.1f} CPU s in all, {run.reconnects} reconnects{extra}."
+            f"while publishing and draining, readers used {run.readers_cpu:.1f} CPU s over "
+            f"{run.seconds:.1f} s ({100 * run.readers_cpu / run.seconds:.0f}% of one core), "
+            f"{run.reconnects} reconnects{extra}."
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
@@ -644,12 +723,13 @@ def resume_table(resume: Resume) -> str:
             "resumes with `Last-Event-ID` from before them:",
             "",
             "| events received | in order | first frame (ready) ms | catch-up s "
-            "| catch-up events/s | server CPU | client CPU |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| catch-up events/s | server CPU | client CPU | other work |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| {resume.received:,} | {'yes' if resume.in_order else 'NO'} "
             f"| {fmt(resume.ready_ms, 1)} | {fmt(resume.seconds, 2)} | {fmt(resume.rate)} "
             f"| {fmt(100 * resume.server_cpu / resume.seconds)}% "
-            f"| {fmt(100 * resume.client_cpu / resume.seconds)}% |",
+            f"| {fmt(100 * resume.client_cpu / resume.seconds)}% "
+            f"| {fmt(100 * resume.others_cpu / resume.seconds)}% |",
         ]
     )
 
@@ -660,7 +740,8 @@ def machine_line(profile: Profile, started: float) -> str:
     return (
         f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, {wrk}, "
-        f"load average at the end {load[0]:.2f}. CPU columns are percent of one core. "
+        f"load average at the end {load[0]:.2f}. CPU columns are percent of one core; "
+        '"other work" is CPU that processes outside the benchmark took meanwhile. '
         "Reproduce: `.venv/bin/python bench/http_bench.py`."
     )
 

@@ -160,12 +160,16 @@ def run_python_load(
     raw = build_request("POST", path, port, body)
     context = multiprocessing.get_context("spawn")
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]
-    pipes = []
+    pipes, processes = [], []
     for share in shares:
         parent, child = context.Pipe()
-        context.Process(target=_python_load_main, args=(child, port, raw, share, seconds)).start()
+        process = context.Process(target=_python_load_main, args=(child, port, raw, share, seconds))
+        process.start()
         pipes.append(parent)
+        processes.append(process)
     results = [p.recv() for p in pipes]
+    for process in processes:
+        process.join(10)
     latencies = sorted(x for r in results for x in r["latencies"])
     return LoadResult(
         requests=len(latencies),
@@ -174,7 +178,7 @@ def run_python_load(
         p99_ms=_percentile(latencies, 0.99) * 1e3,
         bad=sum(r["bad"] for r in results),
         client_cpu=sum(r["cpu"] for r in results),
-        tool=f"python x{processes}",
+        tool=f"python x{len(processes)}",
     )
 
 
@@ -206,10 +210,12 @@ class PublishResult:
     ended: float = 0.0
     late: float = 0.0  # worst lag behind the pacing schedule, seconds
     latencies: list[float] = field(default_factory=list)
+    scheduled: float = 0.0  # paced runs: how long the schedule lasted, seconds
 
     @property
     def rate(self) -> float:
-        return self.accepted / self.seconds if self.seconds else 0.0
+        span = self.scheduled or self.seconds
+        return self.accepted / span if span else 0.0
 
 
 def event_body(phase: int, n: int) -> bytes:
@@ -244,6 +250,7 @@ async def publish_paced(
         idle.put_nowait(await connect(port))
     total = int(rate * seconds)
     tasks = []
+    last_send = 0.0
     result.started = time.time()
     origin = time.perf_counter()
 
@@ -259,9 +266,11 @@ async def publish_paced(
             await asyncio.sleep(delay)
         conn = await idle.get()
         result.late = max(result.late, time.perf_counter() - (origin + n / rate))
+        last_send = time.perf_counter()
         tasks.append(asyncio.create_task(send(conn, n)))
     await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - origin
+    result.scheduled = max(total / rate, last_send - origin + 1 / rate)
     result.ended = time.time()
     while not idle.empty():
         idle.get_nowait().close()

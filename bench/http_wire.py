@@ -134,12 +134,13 @@ class PhaseStats:
         self.last = 0.0
         self.latencies = array("d")
 
-    def add(self, received: float, sent: float) -> None:
+    def add(self, received: float, sent: float | None) -> None:
         if not self.count:
             self.first = received
         self.count += 1
         self.last = received
-        self.latencies.append(received - sent)
+        if sent is not None:
+            self.latencies.append(received - sent)
 
     def export(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,12 @@ arrived and each one's publish-to-receive latency (the publisher puts its send
 time in the payload; both ends read the same wall clock). A stream that the
 server closes is reopened with ``Last-Event-ID``, as a browser would.
 
+Only every ``EAGER_EVERY``-th stream reads as soon as bytes arrive and records
+latencies; the others are read in bulk every ``LAZY_PERIOD`` seconds and only
+counted. The server's work is the same either way (its writes land in the
+kernel's socket buffers), but the readers spend far less CPU, which matters when
+server and readers share two cores.
+
 Commands on the pipe: ``"counts"`` (events seen so far, per phase) and
 ``"stop"`` (close everything and send the full statistics).
 """
@@ -22,13 +28,16 @@ from typing import Any
 from http_wire import MARK_RE, PhaseStats, SseStream, cpu_seconds, open_stream, use_uvloop
 
 SEQ_RE = re.compile(rb'"seq":\s*(\d+)')
+EAGER_EVERY = 5
+LAZY_PERIOD = 0.05
 
 
 class Reader:
     """One logical subscriber: a stream, reopened from its last id if it ends."""
 
-    def __init__(self, owner: ReaderProcess, port: int, path: str) -> None:
+    def __init__(self, owner: ReaderProcess, port: int, path: str, eager: bool) -> None:
         self.owner = owner
+        self.eager = eager
         self.port = port
         self.path = path
         self.last_id: bytes | None = None
@@ -43,7 +52,8 @@ class Reader:
         if found is None:
             self.owner.other_frames += 1
             return
-        self.owner.record(int(found.group(1)), received, float(found.group(2)))
+        sent = float(found.group(2)) if self.eager else None
+        self.owner.record(int(found.group(1)), received, sent)
 
     async def open(self) -> None:
         headers = {"Last-Event-ID": self.last_id.decode()} if self.last_id else None
@@ -81,14 +91,17 @@ class ReaderProcess:
         self.other_frames = 0
         self.reconnects = 0
 
-    def record(self, phase: int, received: float, sent: float) -> None:
+    def record(self, phase: int, received: float, sent: float | None) -> None:
         stats = self.stats.get(phase)
         if stats is None:
             stats = self.stats[phase] = PhaseStats()
         stats.add(received, sent)
 
     async def run(self) -> None:
-        readers = [Reader(self, self.port, self.path) for _ in range(self.streams)]
+        readers = [
+            Reader(self, self.port, self.path, eager=i % EAGER_EVERY == 0)
+            for i in range(self.streams)
+        ]
         gate = asyncio.Semaphore(32)
 
         async def open_one(reader: Reader) -> None:
@@ -100,8 +113,15 @@ class ReaderProcess:
         errors = [repr(r) for r in results if isinstance(r, BaseException)]
         opened = [r for r, result in zip(readers, results, strict=True) if result is None]
         keepers = [asyncio.create_task(r.keep_open()) for r in opened]
+        lazy = [r for r in opened if not r.eager]
+        keepers.append(asyncio.create_task(self.pulse(lazy)))
         self.pipe.send(
-            {"ready": len(opened), "errors": errors[:3], "seconds": time.time() - started}
+            {
+                "ready": len(opened),
+                "errors": errors[:3],
+                "seconds": time.time() - started,
+                "cpu": cpu_seconds(),
+            }
         )
         loop = asyncio.get_running_loop()
         while True:
@@ -119,6 +139,20 @@ class ReaderProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.pipe.send(self.report())
+
+    async def pulse(self, lazy: list[Reader]) -> None:
+        """Let the lazy streams read whatever has piled up, every ``LAZY_PERIOD`` s."""
+        while True:
+            transports = [r.stream.transport for r in lazy if r.stream and r.stream.transport]
+            for transport in transports:
+                with contextlib.suppress(Exception):
+                    transport.pause_reading()
+            await asyncio.sleep(LAZY_PERIOD)
+            for transport in transports:
+                with contextlib.suppress(Exception):
+                    transport.resume_reading()
+            for _ in range(3):
+                await asyncio.sleep(0)
 
     def report(self) -> dict[str, Any]:
         return {
