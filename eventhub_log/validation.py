@@ -27,7 +27,7 @@ def validate_topic(topic: object) -> str:
         raise InvalidTopic(f"invalid topic of length {len(topic)}: {TOPIC_RULE}")
     if _TOPIC_CHARS.fullmatch(topic) is None:
         raise InvalidTopic(f"invalid topic {topic[:80]!r}: {TOPIC_RULE}")
-    if "/" in topic and any(part in ("", ".", "..") for part in topic.split("/")):
+    if any(part in ("", ".", "..") for part in topic.split("/")):
         raise InvalidTopic(f"invalid topic {topic[:80]!r}: {TOPIC_RULE}")
     return topic
 
@@ -52,21 +52,37 @@ def encode_payload(payload: Any) -> str:
     """Encode strictly: only JSON types, finite numbers, string keys."""
     _check_json_types(payload)
     try:
-        return _ENCODER.encode(payload)
+        text = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:  # circular references, NaN, huge ints
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
+    if not text.isascii():
+        # A lone surrogate (say from a badly decoded file name) has no UTF-8 form:
+        # the database would refuse it at commit time, failing the whole batch.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPayload(
+                "payload is not JSON-serialisable: it contains a lone surrogate "
+                f"{text[exc.start : exc.end]!r}, which is not Unicode text"
+            ) from exc
+    return text
 
 
 def _check_json_types(value: Any, depth: int = 0) -> None:
     # json.dumps quietly turns tuples into lists and int keys into strings, and
     # stores NaN as a bare token other parsers reject; refuse them all up front.
     if depth > 200:
-        raise InvalidPayload("payload is nested more than 200 levels deep")
+        raise InvalidPayload(
+            "payload is not JSON-serialisable: nested more than 200 levels deep "
+            "(or it contains itself)"
+        )
     if value is None or isinstance(value, bool | str):
         return
     if isinstance(value, int | float):
         if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-            raise InvalidPayload("payload contains NaN or Infinity, which JSON cannot carry")
+            raise InvalidPayload(
+                "payload is not JSON-serialisable: NaN and Infinity have no JSON form"
+            )
         return
     if isinstance(value, list):
         for item in value:
@@ -76,7 +92,8 @@ def _check_json_types(value: Any, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidPayload(
-                    f"payload object keys must be strings, found {type(key).__name__} key {key!r}"
+                    "payload is not JSON-serialisable: object keys must be strings, "
+                    f"found {type(key).__name__} key {key!r}"
                 )
             _check_json_types(item, depth + 1)
         return
