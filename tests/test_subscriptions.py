@@ -1,0 +1,95 @@
+"""Subscriptions are rows: subscribe, unsubscribe, unsubscribe_all and the listings."""
+
+from __future__ import annotations
+
+from sqlalchemy import event, func, select
+
+from eventhub_log import EventHub
+from eventhub_log.store.tables import subscriptions
+
+
+async def _rows(hub: EventHub, subscriber_id: str | None = None) -> int:
+    query = select(func.count()).select_from(subscriptions)
+    if subscriber_id is not None:
+        query = query.where(subscriptions.c.subscriber_id == subscriber_id)
+    async with hub.database.read() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_subscribe_is_idempotent(hub: EventHub) -> None:
+    for _ in range(3):
+        await hub.subscribe("room:lobby", "ch-1")
+    assert await _rows(hub) == 1
+    assert await hub.subscribers("room:lobby") == ["ch-1"]
+    assert await hub.subscriptions("ch-1") == ["room:lobby"]
+
+
+async def test_unsubscribe_reports_whether_a_row_went(hub: EventHub) -> None:
+    await hub.subscribe("room:lobby", "ch-1")
+    await hub.subscribe("room:lobby", "ch-2")
+
+    assert await hub.unsubscribe("room:lobby", "ch-1") is True
+    assert await hub.unsubscribe("room:lobby", "ch-1") is False
+    assert await hub.unsubscribe("room:nowhere", "ch-9") is False
+    assert await hub.subscribers("room:lobby") == ["ch-2"]
+    assert await _rows(hub) == 1
+
+
+async def test_unsubscribe_all_removes_every_row_of_one_subscriber(hub: EventHub) -> None:
+    for topic in ("room:lobby", "presence:updates", "notifications:42"):
+        await hub.subscribe(topic, "ch-1")
+    await hub.subscribe("room:lobby", "ch-2")
+
+    assert await hub.unsubscribe_all("ch-1") == 3
+    assert await _rows(hub, "ch-1") == 0
+    assert await hub.subscriptions("ch-1") == []
+    assert await hub.subscribers("room:lobby") == ["ch-2"]
+    # Nothing left: not an error, nothing removed.
+    assert await hub.unsubscribe_all("ch-1") == 0
+
+
+async def test_unsubscribe_all_removes_all_rows_in_one_statement(hub: EventHub) -> None:
+    """One DELETE in one transaction: no reader ever sees a half-removed subscriber."""
+    for n in range(200):
+        await hub.subscribe(f"t:{n}", "ch-1")
+    statements: list[str] = []
+
+    def watch(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement.split()[0].upper())
+
+    sync_engine = hub.database.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", watch)
+    try:
+        removed = await hub.unsubscribe_all("ch-1")
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", watch)
+
+    assert removed == 200
+    assert await _rows(hub, "ch-1") == 0
+    assert statements.count("DELETE") == 1
+
+
+async def test_listings_are_sorted_and_per_topic(hub: EventHub) -> None:
+    await hub.subscribe("user:123", "b")
+    await hub.subscribe("user:123", "a")
+    await hub.subscribe("room:lobby", "a")
+
+    assert await hub.subscribers("user:123") == ["a", "b"]
+    assert await hub.subscribers("room:lobby") == ["a"]
+    assert await hub.subscribers("room:empty") == []
+    assert await hub.subscriptions("a") == ["room:lobby", "user:123"]
+    assert await hub.subscriptions("nobody") == []
+
+    infos = {info.topic: info for info in await hub.topics()}
+    # Subscribing creates no topic: topics come from publishing.
+    assert infos == {}
+    await hub.publish("user:123", None, {})
+    (info,) = await hub.topics()
+    assert (info.topic, info.subscriber_count) == ("user:123", 2)
+
+
+async def test_subscriptions_survive_a_restart(database_url: str) -> None:
+    async with EventHub(database_url, auto_migrate=True) as hub:
+        await hub.subscribe("room:lobby", "ch-1")
+    async with EventHub(database_url, auto_migrate=True) as hub:
+        assert await hub.subscribers("room:lobby") == ["ch-1"]
