@@ -1,0 +1,209 @@
+"""WebSocket plumbing shared by ``/v1/ws`` and the channels: framing, limits, backpressure.
+
+- Every frame to the client goes through one bounded queue drained by one writer
+  task, so frames keep their order and a slow socket blocks nobody but its own
+  producers: the pump that feeds events stops taking them, and the library's
+  feed, no longer read, catches up from the log later instead of buffering.
+- A frame over ``max_frame`` bytes gets an error frame and is dropped (the
+  protocol layer still closes with 1009 for anything over uvicorn's ws_max_size).
+- A client that sends more frames than its token bucket allows is closed alone
+  with 1008 (policy violation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from eventhub_log import Event
+from eventhub_log import errors as lib
+from eventhub_log.model import format_timestamp
+
+from .errors import status_of
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame: int = 1024 * 1024
+    send_queue: int = 256
+    frame_rate: float = 1000.0
+    frame_burst: int = 5000
+
+
+@lru_cache(maxsize=4096)
+def event_frame(event: Event) -> str:
+    """The event frame, encoded once per event however many sockets get it.
+
+    The payload is spliced in as the JSON text that was stored.
+    """
+    return (
+        '{"type":"event","id":"'
+        + event.id
+        + '","topic":'
+        + json.dumps(event.topic)
+        + ',"seq":'
+        + str(event.seq)
+        + ',"payload":'
+        + event.payload_json
+        + ',"published_at":"'
+        + format_timestamp(event.published_at)
+        + '"}'
+    )
+
+
+def error_frame(code: str, message: str, **extra: Any) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message, **extra})
+
+
+def library_error_frame(exc: lib.EventHubError, **extra: Any) -> str:
+    _, code = status_of(exc)
+    return error_frame(code, str(exc), **extra)
+
+
+class Closed(Exception):
+    """The socket is gone (or being closed); stop working for it."""
+
+
+class Connection:
+    """One accepted WebSocket with an ordered, bounded outbox."""
+
+    def __init__(self, websocket: WebSocket, limits: Limits) -> None:
+        self.ws = websocket
+        self.limits = limits
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(limits.send_queue)
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self.close_code: int | None = None
+        self._tokens = float(limits.frame_burst)
+        self._refilled = time.monotonic()
+
+    async def __aenter__(self) -> Connection:
+        self._writer = asyncio.create_task(self._write(), name="ws writer")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close(CLOSE_NORMAL)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def send(self, frame: str) -> None:
+        """Queue a frame; waits while the outbox is full (that is the backpressure)."""
+        if self.closed:
+            raise Closed
+        put = asyncio.ensure_future(self._outbox.put(frame))
+        closing = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({put, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not put.done():
+                put.cancel()
+        if not put.done() or put.cancelled():
+            raise Closed
+
+    def send_nowait(self, frame: str) -> bool:
+        """Queue a frame if there is room; used where waiting is not allowed."""
+        if self.closed:
+            return False
+        try:
+            self._outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                frame = await self._outbox.get()
+                await self.ws.send_text(frame)
+                self._outbox.task_done()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The peer went away mid-write; the receive loop sees the disconnect.
+            self._closed.set()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        if code == CLOSE_NORMAL and self._writer is not None and not self._closed.is_set():
+            # Let queued frames (a last error, a last ack) go out first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), timeout=2)
+        self._closed.set()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason[:120])
+
+    def _allow_frame(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(
+            float(self.limits.frame_burst),
+            self._tokens + (now - self._refilled) * self.limits.frame_rate,
+        )
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def frames(self) -> AsyncIterator[Any]:
+        """Parsed client frames. Bad ones get an error frame and are skipped; a
+        flood closes the connection with 1008; a disconnect ends the iteration."""
+        while not self.closed:
+            try:
+                message = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                self._closed.set()
+                return
+            if not self._allow_frame():
+                await self.close(CLOSE_POLICY, "too many frames: slow down")
+                return
+            text = message.get("text")
+            data = message.get("bytes")
+            size = len(text.encode()) if text is not None else len(data or b"")
+            if size > self.limits.max_frame:
+                await self.reject(
+                    "frame_too_large",
+                    f"frame of {size} bytes is over the limit of {self.limits.max_frame}",
+                )
+                continue
+            raw = text if text is not None else (data or b"")
+            try:
+                frame = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                await self.reject("invalid_json", f"frame is not JSON: {exc}"[:300])
+                continue
+            yield frame
+
+    async def reject(self, code: str, message: str, **extra: Any) -> None:
+        """Answer a bad frame. A client that sends bad frames faster than it reads
+        the answers fills its outbox: it is flooding, and is closed with 1008."""
+        if not self.send_nowait(error_frame(code, message, **extra)):
+            await self.close(CLOSE_POLICY, "too many bad frames unread: slow down")
