@@ -110,6 +110,17 @@ class EventHub:
     async def start(self) -> None:
         if self._running:
             return
+        try:
+            await self._start()
+        except BaseException:
+            # Stop whatever did start and release the engine's connections: a
+            # failed ``async with`` never reaches ``__aexit__``.
+            self._running = True
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
+
+    async def _start(self) -> None:
         await ensure_schema(self.database, upgrade=self._auto_migrate)
         async with self.database.write() as conn:
             await queries.heartbeat(conn, self.instance_id, _now())
