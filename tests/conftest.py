@@ -19,6 +19,11 @@ from .server import Server
 BACKENDS = ["sqlite", "postgres"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A PostgreSQL restart must not land in the middle of other tests of this run.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_postgres") is not None)
+
+
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[None]:
     problem = asyncio.run(databases.pg_available())
