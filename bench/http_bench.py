@@ -311,6 +311,7 @@ def rest_benchmark(profile: Profile, workdir: Path, tool: str, kinds: list[str])
             log(f"REST: {name}")
             rest_load(server.port, path, PUBLISH_BODY, connections=16, seconds=1, tool=tool)
             wait_for_quiet()
+            stored_before = stored_events(server.port, "bench") if kind == "eventhub" else 0
             watch = CpuWatch(server)
             result = rest_load(
                 server.port,
@@ -323,7 +324,7 @@ def rest_benchmark(profile: Profile, workdir: Path, tool: str, kinds: list[str])
             cpu = watch.stop()
             row = RestRow(name, result, cpu["server"], cpu["others"])
             if kind == "eventhub":
-                row.stored = stored_events(server.port, "bench")
+                row.stored = (stored_events(server.port, "bench") or 0) - (stored_before or 0)
             rows.append(row)
     return rows
 
@@ -704,13 +705,15 @@ def memory_table(runs: list[FanOut]) -> str:
         "Memory per idle stream (server RSS after the streams opened minus before, "
         "divided by the streams):",
         "",
-        "| server | streams | RSS before MiB | RSS after MiB | KiB per stream |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| server | streams | RSS before MiB | RSS after MiB | KiB per stream "
+        "| streams opened per s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         lines.append(
             f"| {run.name} | {run.streams:,} | {fmt(run.rss_before / 1024, 1)} "
-            f"| {fmt(run.rss_after / 1024, 1)} | {fmt(run.kib_per_stream, 1)} |"
+            f"| {fmt(run.rss_after / 1024, 1)} | {fmt(run.kib_per_stream, 1)} "
+            f"| {fmt(run.streams / run.connect_seconds)} |"
         )
     return "\n".join(lines)
 
@@ -732,6 +735,58 @@ def resume_table(resume: Resume) -> str:
             f"| {fmt(100 * resume.others_cpu / resume.seconds)}% |",
         ]
     )
+
+
+def targets_table(rest: list[RestRow] | None, runs: list[FanOut], resume: Resume | None) -> str:
+    lines = [
+        "Against the targets of the issue:",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+
+    def add(target: str, measured: str, met: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if met else 'NO'} |")
+
+    ours = {run.name: run for run in runs if run.name.startswith("eventhub")}
+    peers = [run for run in runs if not run.name.startswith("eventhub")]
+    if rest:
+        by_kind = {row.name: row.result.rps for row in rest}
+        ceiling = rest[0].result.rps
+        mine = next((rps for name, rps in by_kind.items() if name.startswith("eventhub")), None)
+        if mine is not None and ceiling:
+            add(
+                "REST publish >= 50% of the HTTP ceiling",
+                f"{mine:,.0f} of {ceiling:,.0f} requests/s ({100 * mine / ceiling:.0f}%)",
+                mine >= 0.5 * ceiling,
+            )
+    for run in ours.values():
+        flat = run.phases[-1]
+        paced = run.phases[0]
+        if peers:
+            peer = peers[0].phases[-1]
+            add(
+                "fan-out at saturation >= the peer's delivery rate",
+                f"{flat.window_rate:,.0f} vs {peer.window_rate:,.0f} events/s while publishing",
+                flat.window_rate >= peer.window_rate,
+            )
+        add(
+            f"p99 < 250 ms at {paced.name}, {run.streams:,} streams",
+            f"p99 {paced.p99_ms:,.0f} ms (p50 {paced.p50_ms:,.0f} ms)",
+            paced.p99_ms < 250,
+        )
+        add(
+            "memory per idle stream < 50 KiB",
+            f"{run.kib_per_stream:,.1f} KiB",
+            run.kib_per_stream < 50,
+        )
+    if resume is not None:
+        add(
+            "resume catch-up >= 50,000 events/s",
+            f"{resume.rate:,.0f} events/s",
+            resume.rate >= 50_000 and resume.received == resume.events,
+        )
+    return "\n".join(lines)
 
 
 def machine_line(profile: Profile, started: float) -> str:
@@ -785,11 +840,12 @@ def main() -> int:
     parts = []
     with tempfile.TemporaryDirectory(prefix="eventhub-bench-") as tmp:
         workdir = Path(tmp)
+        rest: list[RestRow] | None = None
+        resume: Resume | None = None
         if "rest" in chosen:
             kinds = ["ceiling", *servers]
-            parts.append(
-                rest_table(rest_benchmark(profile, workdir, args.load_tool, kinds), profile)
-            )
+            rest = rest_benchmark(profile, workdir, args.load_tool, kinds)
+            parts.append(rest_table(rest, profile))
         runs = []
         if "fanout" in chosen:
             names = {
@@ -800,10 +856,12 @@ def main() -> int:
                 runs.append(fan_out_benchmark(names[kind], kind, profile, workdir))
             parts.append(fan_out_table(runs, profile))
         if "resume" in chosen:
-            parts.append(resume_table(resume_benchmark(profile, workdir)))
+            resume = resume_benchmark(profile, workdir)
+            parts.append(resume_table(resume))
         if runs:
             parts.append(memory_table(runs))
-    section = "\n\n".join([SECTION, machine_line(profile, started), *parts])
+    targets = targets_table(rest, runs, resume)
+    section = "\n\n".join([SECTION, machine_line(profile, started), targets, *parts])
     print(section)
     if args.update_docs:
         update_docs(section)
