@@ -101,9 +101,20 @@ def translate_errors() -> Iterator[None]:
     except sa_exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise DatabaseUnavailable(f"database connection lost: {_first_line(exc)}") from exc
+        if _is_unavailable(getattr(exc.orig, "sqlstate", None)):
+            raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
         raise StorageError(f"database error: {_first_line(exc)}") from exc
     except sa_exc.SQLAlchemyError as exc:
         raise StorageError(f"database error: {_first_line(exc)}") from exc
+
+
+def _is_unavailable(sqlstate: object) -> bool:
+    """Connection exceptions (class 08), a server shutting down or starting up
+    (57P01-57P03), too many connections (53300): come back later, nothing is wrong
+    with the request."""
+    if not isinstance(sqlstate, str):
+        return False
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
 
 
 def _first_line(exc: BaseException) -> str:
