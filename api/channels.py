@@ -1,0 +1,429 @@
+"""Channels on the wire: WebSocket, and SSE with messages POSTed.
+
+``mount_channels(app, chat, presence)`` adds, for each declared channel:
+
+- ``WS /v1/channels/{name}/{channel_id}``: one socket; client frames are
+  messages ``{"action", "data", "ref"?}``.
+- ``GET /v1/channels/{name}/{channel_id}``: the same channel as server-sent
+  events; messages go by ``POST /v1/channels/{name}/{channel_id}/messages``
+  and the reply comes back in that POST's response.
+
+Opening data is the query string (every parameter but ``last_event_id``), or
+JSON in ``opening=``, validated by the channel's opening type. Reconnecting with
+``last_event_id`` (or, for SSE, the ``Last-Event-ID`` header an EventSource sends
+by itself) runs the connect handler again and resumes after that cursor.
+
+Server frames, WebSocket (SSE uses the ``type`` as the event name, and sends
+events with ``id:`` and no name, exactly as ``/v1/stream`` does):
+``welcome`` ``{"channel_id", "id", "data"}`` first (``id``: the cursor to resume
+from if dropped before any event), ``event`` (as ``/v1/ws``), ``reply``
+``{"action", "ref", "data"}``, ``message`` ``{"data"}`` (``channel.send``), and
+``error`` ``{"code", "message", "ref"?}``.
+
+A POST reaches a channel connected to this process; with several instances the
+load balancer must send a channel's POSTs where its stream is (sticky by path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from eventhub_log import EventHub, Feed
+from eventhub_log import errors as lib
+from eventhub_log.channels import (
+    ChannelConnection,
+    ChannelError,
+    ChannelRoute,
+    ConnectionInfo,
+    HandlerFailed,
+    InvalidMessage,
+    InvalidOpeningData,
+    Reply,
+    open_channel,
+)
+from eventhub_log.model import Event, format_timestamp
+
+from .errors import ApiError, status_of
+from .routes.ws import limits
+from .settings import Settings
+from .websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    Closed,
+    Connection,
+    error_frame,
+    event_frame,
+)
+
+log = logging.getLogger(__name__)
+
+RESERVED_QUERY = {"last_event_id", "opening"}
+SSE_OUTBOX = 256
+
+
+def mount_channels(app: FastAPI, *routes: ChannelRoute[Any]) -> None:
+    """Serve these channels from ``app`` (an app made by ``api.app.create_app``)."""
+    registry: dict[str, ChannelRoute[Any]] = getattr(app.state, "channels", {})
+    for route in routes:
+        registry[route.name] = route
+    app.state.channels = registry
+    app.state.channel_connections = getattr(app.state, "channel_connections", {})
+    if not getattr(app.state, "channel_router_mounted", False):
+        app.include_router(router)
+        app.state.channel_router_mounted = True
+
+
+# Errors as frames and bodies ----------------------------------------------------
+
+
+def describe(exc: lib.EventHubError) -> tuple[int, str, str]:
+    """Status, code and message for anything a channel can raise."""
+    if isinstance(exc, ChannelError):
+        return 400, exc.code, str(exc)
+    if isinstance(exc, HandlerFailed):
+        return 500, "handler_error", str(exc)
+    if isinstance(exc, InvalidMessage):
+        return 422, "invalid_message", str(exc)
+    if isinstance(exc, InvalidOpeningData):
+        return 422, "invalid_opening_data", str(exc)
+    status, code = status_of(exc)
+    return status, code, str(exc)
+
+
+def _reply_frame(reply: Reply) -> dict[str, Any]:
+    frame = {"type": "reply", "action": reply.action, "data": reply.data}
+    if reply.ref is not None:
+        frame["ref"] = reply.ref
+    return frame
+
+
+def _route(request_app: Any, name: str) -> ChannelRoute[Any]:
+    route: ChannelRoute[Any] | None = request_app.state.channels.get(name)
+    if route is None:
+        raise ApiError(404, "unknown_channel", f"no channel named {name[:80]!r}")
+    return route
+
+
+def _opening(query: Iterable[tuple[str, str]]) -> Any:
+    pairs = list(query)
+    for key, value in pairs:
+        if key == "opening":
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise InvalidOpeningData(f"opening is not JSON: {exc}") from None
+    return {key: value for key, value in pairs if key not in RESERVED_QUERY}
+
+
+def _info(channel_id: str, headers: Any, query: Any, client: Any) -> ConnectionInfo:
+    return ConnectionInfo(
+        channel_id=channel_id,
+        headers=dict(headers),
+        query=dict(query),
+        client=client.host if client is not None else None,
+    )
+
+
+class _Registered:
+    """Keeps the channel reachable by POST while it is connected here."""
+
+    def __init__(self, app: Any, name: str, connection: ChannelConnection) -> None:
+        self.table: dict[tuple[str, str], ChannelConnection] = app.state.channel_connections
+        self.key = (name, connection.channel.channel_id)
+        self.connection = connection
+
+    def __enter__(self) -> None:
+        self.table[self.key] = self.connection
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.table.get(self.key) is self.connection:
+            del self.table[self.key]
+
+
+router = APIRouter(tags=["channels"])
+
+
+# WebSocket ---------------------------------------------------------------------
+
+
+@router.websocket("/v1/channels/{name}/{channel_id}")
+async def channel_socket(websocket: WebSocket, name: str, channel_id: str) -> None:
+    hub: EventHub = websocket.app.state.hub
+    settings: Settings = websocket.app.state.settings
+    await websocket.accept()
+    async with Connection(websocket, limits(settings)) as conn:
+        route = websocket.app.state.channels.get(name)
+        if route is None:
+            await conn.send(error_frame("unknown_channel", f"no channel named {name[:80]!r}"))
+            await conn.close(CLOSE_POLICY, "unknown channel")
+            return
+
+        async def send(data: Any) -> None:
+            with contextlib.suppress(Closed):
+                await conn.send(json.dumps({"type": "message", "data": data}))
+
+        query = websocket.query_params
+        try:
+            async with open_channel(
+                hub,
+                route,
+                channel_id,
+                _opening(query.multi_items()),
+                send,
+                info=_info(channel_id, websocket.headers, query, websocket.client),
+                after=query.get("last_event_id"),
+                buffer=settings.stream_buffer,
+            ) as channel:
+                with _Registered(websocket.app, name, channel):
+                    await _serve_socket(conn, channel)
+        except lib.EventHubError as exc:
+            # Refused before it was open: bad opening data, cursor or connect handler.
+            _, code, message = describe(exc)
+            with contextlib.suppress(Closed):
+                await conn.send(error_frame(code, message))
+            internal = isinstance(exc, HandlerFailed | lib.StorageError)
+            await conn.close(CLOSE_INTERNAL if internal else CLOSE_POLICY, code)
+
+
+async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
+    assert channel.feed is not None
+    await conn.send(
+        json.dumps(
+            {
+                "type": "welcome",
+                "channel_id": channel.channel.channel_id,
+                "id": channel.start_cursor,
+                "data": channel.welcome,
+            }
+        )
+    )
+    pump = asyncio.create_task(_pump_socket(channel.feed, conn), name="channel pump")
+    try:
+        async for message in conn.frames():
+            ref = message.get("ref") if isinstance(message, dict) else None
+            extra = {"ref": ref} if ref is not None else {}
+            try:
+                reply = await channel.handle(message)
+            except lib.EventHubError as exc:
+                _, code, text = describe(exc)
+                if isinstance(exc, InvalidMessage):
+                    await conn.reject(code, text, **extra)
+                else:
+                    await conn.send(error_frame(code, text, **extra))
+                continue
+            if reply is not None:
+                await conn.send(json.dumps(_reply_frame(reply)))
+    except Closed:
+        pass
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+
+
+async def _pump_socket(feed: Feed, conn: Connection) -> None:
+    try:
+        async for event in feed:
+            await conn.send(event_frame(event))
+    except Closed:
+        return
+    await conn.close(CLOSE_GOING_AWAY, "server shutting down")
+
+
+# SSE + POST --------------------------------------------------------------------
+
+
+def _sse(kind: str | None, data: str, event_id: str | None = None) -> bytes:
+    lines = []
+    if kind is not None:
+        lines.append(f"event: {kind}")
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"data: {data}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _sse_event(event: Event) -> bytes:
+    data = (
+        '{"topic":'
+        + json.dumps(event.topic)
+        + ',"seq":'
+        + str(event.seq)
+        + ',"payload":'
+        + event.payload_json
+        + ',"published_at":"'
+        + format_timestamp(event.published_at)
+        + '"}'
+    )
+    return _sse(None, data, event.id)
+
+
+class ChannelEventStream(Response):
+    """A channel as an event stream: owns the open channel until the client goes.
+
+    The channel is opened before the response starts (so a refusal is a plain
+    4xx); this response closes it, whatever happens, through ``stack``.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        stack: AsyncExitStack,
+        channel: ChannelConnection,
+        outbox: asyncio.Queue[bytes],
+        heartbeat: float,
+    ) -> None:
+        super().__init__(
+            status_code=200,
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            media_type=self.media_type,
+        )
+        # An endless body: no content-length (Response sets one for its empty body).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.stack = stack
+        self.channel = channel
+        self.outbox = outbox
+        self.heartbeat = heartbeat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            writer = asyncio.create_task(self._write(send))
+            watcher = asyncio.create_task(_wait_disconnect(receive))
+            _, pending = await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in (writer, watcher):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        finally:
+            await self.stack.aclose()
+
+    async def _write(self, send: Send) -> None:
+        feed = self.channel.feed
+        assert feed is not None
+        pump = asyncio.create_task(_pump_sse(feed, self.outbox))
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(self.outbox.get(), self.heartbeat)
+                except TimeoutError:
+                    chunk = b": ping\n\n"
+                if not chunk:  # the feed ended: the server is shutting down
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+
+async def _pump_sse(feed: Feed, outbox: asyncio.Queue[bytes]) -> None:
+    async for event in feed:
+        await outbox.put(_sse_event(event))
+    await outbox.put(b"")
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.get(
+    "/v1/channels/{name}/{channel_id}",
+    response_class=ChannelEventStream,
+    summary="A channel as server-sent events (send its messages by POST)",
+)
+async def channel_events(request: Request, name: str, channel_id: str) -> Response:
+    hub: EventHub = request.app.state.hub
+    settings: Settings = request.app.state.settings
+    route = _route(request.app, name)
+    outbox: asyncio.Queue[bytes] = asyncio.Queue(SSE_OUTBOX)
+
+    async def send(data: Any) -> None:
+        await outbox.put(_sse("message", json.dumps({"data": data})))
+
+    # An EventSource reconnects to the URL it opened, adding the header: the
+    # header is the newer position.
+    after = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    stack = AsyncExitStack()
+    try:
+        channel = await stack.enter_async_context(
+            open_channel(
+                hub,
+                route,
+                channel_id,
+                _opening(request.query_params.multi_items()),
+                send,
+                info=_info(channel_id, request.headers, request.query_params, request.client),
+                after=after,
+                buffer=settings.stream_buffer,
+            )
+        )
+        stack.enter_context(_Registered(request.app, name, channel))
+    except BaseException as exc:
+        await stack.aclose()
+        if isinstance(exc, lib.EventHubError):
+            status, code, message = describe(exc)
+            raise ApiError(status, code, message) from None
+        raise
+    welcome = {"channel_id": channel_id, "id": channel.start_cursor, "data": channel.welcome}
+    outbox.put_nowait(_sse("welcome", json.dumps(welcome), channel.start_cursor))
+    return ChannelEventStream(stack, channel, outbox, settings.heartbeat_interval)
+
+
+class ChannelMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: str
+    data: Any = None
+    ref: Any = None
+
+
+@router.post(
+    "/v1/channels/{name}/{channel_id}/messages",
+    summary="Send a message to a channel connected by SSE (or WebSocket); the reply is returned",
+)
+async def channel_message(
+    request: Request, name: str, channel_id: str, message: ChannelMessage
+) -> JSONResponse:
+    _route(request.app, name)
+    connection: ChannelConnection | None = request.app.state.channel_connections.get(
+        (name, channel_id)
+    )
+    if connection is None:
+        raise ApiError(
+            404,
+            "channel_not_connected",
+            f"channel {name!r} {channel_id[:80]!r} is not connected to this server",
+        )
+    try:
+        reply = await connection.handle(message.model_dump(exclude_none=True))
+    except lib.EventHubError as exc:
+        status, code, text = describe(exc)
+        raise ApiError(status, code, text) from None
+    body: dict[str, Any] = {
+        "action": message.action,
+        "reply": None if reply is None else reply.data,
+    }
+    if message.ref is not None:
+        body["ref"] = message.ref
+    return JSONResponse(body)
+
+
+__all__ = ["ChannelEventStream", "describe", "mount_channels", "router"]

@@ -1,0 +1,1 @@
+"""Runnable examples of the seed's three patterns: chat room, presence, notifications."""
