@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cli_operator import OPERATOR_COMMANDS, add_operator_commands
 from .errors import EventHubError
 from .migrations import ensure_schema
 from .store.database import DEFAULT_DATABASE_URL, open_database
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the database schema to head")
     _database_option(migrate)
     _add_tail(commands)
+    add_operator_commands(commands, _database_option)
     return parser
 
 
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "tail":
             return _tail(args)
+        if args.command in OPERATOR_COMMANDS:
+            return asyncio.run(OPERATOR_COMMANDS[args.command](args))
         if args.command == "migrate":
             revision = asyncio.run(_migrate(args.database_url))
             print(f"schema at revision {revision}")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
@@ -14,8 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from eventhub_log import EventHub
+from eventhub_log.errors import ValidationError
+from eventhub_log.export import ndjson_line
 from eventhub_log.hub import MAX_HISTORY_LIMIT
-from eventhub_log.model import Event, format_timestamp
+from eventhub_log.timeutil import parse_rfc3339
 from eventhub_log.validation import validate_topic
 
 from ..deps import HubDep
@@ -26,11 +26,6 @@ router = APIRouter(prefix="/v1", tags=["history"])
 
 NDJSON = "application/x-ndjson"
 _MAX_SEQ = 2**63 - 1
-# RFC 3339 date-time, strictly: a date, a time, and an offset (Z or +hh:mm).
-_RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
-)
-
 Seq = Annotated[int | None, Query(ge=0, le=_MAX_SEQ)]
 Time = Annotated[
     str | None,
@@ -41,23 +36,10 @@ Time = Annotated[
 def parse_time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
-    match = _RFC3339.fullmatch(value.strip())
-    if match is None:
-        raise ApiError(
-            400,
-            "invalid_time",
-            f"{name} must be an RFC 3339 date-time with an offset, "
-            f"e.g. 2026-01-02T03:04:05.000006Z; got {value[:64]!r}",
-        )
-    date, clock, fraction, offset = match.groups()
-    # Python reads at most microseconds; finer digits cannot matter to stored times.
-    micros = (fraction or "0")[:6].ljust(6, "0")
-    offset = "+00:00" if offset in ("Z", "z") else offset
     try:
-        moment = datetime.fromisoformat(f"{date}T{clock}.{micros}{offset}")
-    except ValueError as exc:
-        raise ApiError(400, "invalid_time", f"{name} is not a valid date-time: {exc}") from exc
-    return moment.astimezone(UTC)
+        return parse_rfc3339(value, name)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_time", str(exc)) from exc
 
 
 @router.get(
@@ -134,21 +116,9 @@ async def _ndjson(hub: EventHub, topic: str, selection: Selection) -> AsyncItera
         order=selection.order,
     )
     async for event in events:
-        lines.append(_line(event))
+        lines.append(ndjson_line(event))
         if len(lines) >= 200:  # a write per line would dominate a large export
             yield "".join(lines).encode()
             lines.clear()
     if lines:
         yield "".join(lines).encode()
-
-
-def _line(event: Event) -> str:
-    # The payload is written as stored, not decoded and encoded again.
-    head = json.dumps(
-        {"topic": event.topic, "seq": event.seq, "id": event.id}, separators=(",", ":")
-    )
-    tail = json.dumps(
-        {"published_at": format_timestamp(event.published_at), "exclude": event.exclude_id},
-        separators=(",", ":"),
-    )
-    return f'{head[:-1]},"payload":{event.payload_json},{tail[1:]}\n'

@@ -63,6 +63,8 @@ topics = Table(
     Column("last_seq", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_published_at", UTCDateTime, nullable=True),
+    # Retention deleted every event of the topic up to this seq (0: none).
+    Column("pruned_through_seq", BigInteger, nullable=False, server_default="0"),
 )
 
 events = Table(

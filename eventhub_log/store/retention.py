@@ -1,0 +1,62 @@
+"""Statements of retention (see ``eventhub_log.retention``)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import events, topics
+
+
+async def topic_states(
+    conn: AsyncConnection, names: Collection[str] | None
+) -> list[tuple[str, int, int]]:
+    """``(topic, last_seq, pruned_through_seq)`` of the named topics, or of all."""
+    query = select(topics.c.topic, topics.c.last_seq, topics.c.pruned_through_seq).order_by(
+        topics.c.topic
+    )
+    if names is not None:
+        query = query.where(topics.c.topic.in_(sorted(names)))
+    return [(name, int(last), int(pruned)) for name, last, pruned in await conn.execute(query)]
+
+
+async def last_seq_before(conn: AsyncConnection, topic: str, before: datetime) -> int:
+    """The highest seq of the topic published before ``before`` (0 when none)."""
+    found = await conn.execute(
+        select(func.max(events.c.seq)).where(
+            events.c.topic == topic, events.c.published_at < before
+        )
+    )
+    return int(found.scalar() or 0)
+
+
+async def delete_through(
+    conn: AsyncConnection, topic: str, after_seq: int, through_seq: int
+) -> int:
+    """Delete the topic's events with ``after_seq < seq <= through_seq`` and note it."""
+    deleted = await conn.execute(
+        delete(events).where(
+            events.c.topic == topic, events.c.seq > after_seq, events.c.seq <= through_seq
+        )
+    )
+    await conn.execute(
+        update(topics)
+        .where(topics.c.topic == topic, topics.c.pruned_through_seq < through_seq)
+        .values(pruned_through_seq=through_seq)
+    )
+    return int(deleted.rowcount or 0)
+
+
+async def pruned_through(conn: AsyncConnection, names: Collection[str]) -> dict[str, int]:
+    """``topic -> pruned_through_seq`` for the named topics that were ever pruned."""
+    if not names:
+        return {}
+    rows = await conn.execute(
+        select(topics.c.topic, topics.c.pruned_through_seq).where(
+            topics.c.topic.in_(sorted(names)), topics.c.pruned_through_seq > 0
+        )
+    )
+    return {name: int(seq) for name, seq in rows}
