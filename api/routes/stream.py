@@ -20,6 +20,9 @@ _ERROR = {"content": {"application/json": {"example": {"error": {"code": "", "me
 @router.get(
     "/v1/stream",
     response_class=EventStreamResponse,
+    # Said outright: FastAPI cannot read a default status from this response class,
+    # and without one the whole OpenAPI document fails to build.
+    status_code=200,
     summary="Server-sent events: replay from a cursor, then live",
     description=(
         "First `event: ready` with an `id:` (the position the stream starts after) and "
