@@ -11,12 +11,15 @@ from eventhub_log import EventHub
 from .settings import Settings
 
 
-def get_hub(request: Request) -> EventHub:
+# Both are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
+# its thread pool, a thread hop on every request (measured: about 40% more server
+# CPU per request for a publish-sized route, bench/http_bench.py).
+async def get_hub(request: Request) -> EventHub:
     hub: EventHub = request.app.state.hub
     return hub
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
