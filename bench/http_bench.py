@@ -647,9 +647,9 @@ def rest_table(rows: list[RestRow], profile: Profile) -> str:
         f"REST publish, {profile.rest_connections} connections, {profile.rest_seconds:g} s, "
         f"load from `{tool}`:",
         "",
-        "| server | requests/s | p50 ms | p99 ms | errors | server CPU | client CPU "
-        "| other work | of ceiling | of same-body ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | requests/s | p50 ms | p99 ms | errors | server CPU | server CPU us/request "
+        "| client CPU | other work | of ceiling | of same-body ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         r = row.result
@@ -658,7 +658,9 @@ def rest_table(rows: list[RestRow], profile: Profile) -> str:
             errors += f" (stored {row.stored:,} for {r.requests:,} answers)"
         lines.append(
             f"| {row.name} | {fmt(r.rps)} | {fmt(r.p50_ms, 1)} | {fmt(r.p99_ms, 1)} | {errors} "
-            f"| {fmt(100 * row.server_cpu / r.seconds)}% | {fmt(100 * r.client_cpu / r.seconds)}% "
+            f"| {fmt(100 * row.server_cpu / r.seconds)}% "
+            f"| {fmt(1e6 * row.server_cpu / r.requests if r.requests else float('nan'))} "
+            f"| {fmt(100 * r.client_cpu / r.seconds)}% "
             f"| {fmt(100 * row.others_cpu / r.seconds)}% | {fmt(100 * r.rps / ceiling)}% "
             f"| {fmt(100 * r.rps / model_ceiling)}% |"
         )
@@ -674,17 +676,19 @@ def fan_out_table(runs: list[FanOut], profile: Profile) -> str:
         "",
         "| server | phase | published events/s | delivered events/s (while publishing) "
         "| delivered events/s (to the last) | delivered / expected | p50 ms | p99 ms "
-        "| server CPU | readers CPU | other work |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU | server CPU us/delivery | readers CPU | other work |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         for phase in run.phases:
             cpu = phase.cpu
+            per_delivery = 1e6 * cpu["server"] / phase.delivered if phase.delivered else 0.0
             lines.append(
                 f"| {run.name} | {phase.name} | {fmt(phase.published.rate, 1)} "
                 f"| {fmt(phase.window_rate)} | {fmt(phase.overall_rate)} "
                 f"| {phase.delivered:,} / {phase.expected:,} | {fmt(phase.p50_ms, 1)} "
                 f"| {fmt(phase.p99_ms, 1)} | {fmt(100 * cpu['server'] / cpu['wall'])}% "
+                f"| {fmt(per_delivery, 1)} "
                 f"| {fmt(100 * cpu['clients'] / cpu['wall'])}% "
                 f"| {fmt(100 * cpu['others'] / cpu['wall'])}% |"
             )
