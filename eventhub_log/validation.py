@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import InvalidPayload, InvalidSubscriber, InvalidTopic
@@ -15,12 +17,23 @@ TOPIC_RULE = (
     "with no leading or trailing '/' and no empty, '.' or '..' segment"
 )
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9:_\-.@/]+")
+MAX_PAYLOAD_DEPTH = 200
+_INF = float("inf")
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
 )
+# Topics seen valid: most publishes go to a few hot topics, and the rule is
+# cheap but not free. Bounded, so a stream of distinct names cannot grow it.
+_VALID_TOPICS: set[str] = set()
+_VALID_TOPICS_KEPT = 10_000
+# Types that need no further look, checked by exact type (subclasses take the
+# general path): a set lookup is much cheaper than isinstance with a union.
+_JSON_LEAVES = frozenset({str, int, bool, type(None)})
 
 
 def validate_topic(topic: object) -> str:
+    if type(topic) is str and topic in _VALID_TOPICS:
+        return topic
     if not isinstance(topic, str):
         raise InvalidTopic(f"topic must be a string, not {type(topic).__name__}; {TOPIC_RULE}")
     if not topic or len(topic) > MAX_TOPIC_LENGTH:
@@ -29,6 +42,10 @@ def validate_topic(topic: object) -> str:
         raise InvalidTopic(f"invalid topic {topic[:80]!r}: {TOPIC_RULE}")
     if any(part in ("", ".", "..") for part in topic.split("/")):
         raise InvalidTopic(f"invalid topic {topic[:80]!r}: {TOPIC_RULE}")
+    if type(topic) is str:
+        if len(_VALID_TOPICS) >= _VALID_TOPICS_KEPT:
+            _VALID_TOPICS.clear()
+        _VALID_TOPICS.add(topic)
     return topic
 
 
@@ -52,8 +69,8 @@ def encode_payload(payload: Any) -> str:
     """Encode strictly: only JSON types, finite numbers, string keys."""
     _check_json_types(payload)
     try:
-        text = _ENCODER.encode(payload)
-    except (TypeError, ValueError) as exc:  # circular references, NaN, huge ints
+        text = _encode(payload)
+    except (TypeError, ValueError) as exc:  # huge ints
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
     if not text.isascii():
         # A lone surrogate (say from a badly decoded file name) has no UTF-8 form:
@@ -68,34 +85,62 @@ def encode_payload(payload: Any) -> str:
     return text
 
 
+def _refuse(value: object) -> Any:
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def _c_encoder() -> Callable[[Any], str] | None:
+    """The C encoder ``JSONEncoder.encode`` builds on every call, built once.
+
+    It needs no circular-reference markers: ``_check_json_types`` has already
+    refused cycles (as nesting too deep), NaN and every non-JSON type.
+    """
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return None
+    chunks: Callable[[Any, int], Iterator[str]] = c_make_encoder(
+        None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda payload: "".join(chunks(payload, 0))
+
+
+_encode: Callable[[Any], str] = _c_encoder() or _ENCODER.encode
+
+
 def _check_json_types(value: Any, depth: int = 0) -> None:
     # json.dumps quietly turns tuples into lists and int keys into strings, and
     # stores NaN as a bare token other parsers reject; refuse them all up front.
-    if depth > 200:
+    if depth > MAX_PAYLOAD_DEPTH:
         raise InvalidPayload(
             "payload is not JSON-serialisable: nested more than 200 levels deep "
             "(or it contains itself)"
         )
-    if value is None or isinstance(value, bool | str):
+    kind = type(value)
+    if kind in _JSON_LEAVES:
         return
-    if isinstance(value, int | float):
-        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-            raise InvalidPayload(
-                "payload is not JSON-serialisable: NaN and Infinity have no JSON form"
-            )
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check_json_types(item, depth + 1)
-        return
-    if isinstance(value, dict):
+    # Children of a container at the depth limit are checked (and refused) below.
+    leaves = _JSON_LEAVES if depth < MAX_PAYLOAD_DEPTH else frozenset()
+    if kind is dict or (kind is not list and isinstance(value, dict)):
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise InvalidPayload(
                     "payload is not JSON-serialisable: object keys must be strings, "
                     f"found {type(key).__name__} key {key!r}"
                 )
-            _check_json_types(item, depth + 1)
+            if type(item) not in leaves:
+                _check_json_types(item, depth + 1)
+        return
+    if kind is list or isinstance(value, list):
+        for item in value:
+            if type(item) not in leaves:
+                _check_json_types(item, depth + 1)
+        return
+    if isinstance(value, (bool, str)):
+        return
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and (value != value or value in (_INF, -_INF)):
+            raise InvalidPayload(
+                "payload is not JSON-serialisable: NaN and Infinity have no JSON form"
+            )
         return
     raise InvalidPayload(
         f"payload is not JSON-serialisable: {type(value).__name__} is not a JSON type "
