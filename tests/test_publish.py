@@ -7,6 +7,8 @@ import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from eventhub_log import Event, EventHub
 
 
@@ -131,3 +133,15 @@ async def test_publish_returns_only_after_commit(hub: EventHub) -> None:
         assert found.id == event.id
 
     await asyncio.gather(*(publish_and_check(n) for n in range(20)))
+
+
+async def test_a_cancelled_publish_still_lands_once_queued(hub: EventHub) -> None:
+    """Cancelling the caller cannot tear its event out of a batch in flight."""
+    task = asyncio.create_task(hub.publish("t", None, "cancelled caller"))
+    await asyncio.sleep(0)  # publish() has validated and queued its event
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    after = await hub.publish("t", None, "next")
+    assert [e.payload for e in await hub.history("t")] == ["cancelled caller", "next"]
+    assert after.seq == 2
