@@ -22,6 +22,10 @@ from eventhub_log.channels import Channel, ChannelRoute, Session
 from ._run import build, main
 
 TOPIC = "presence:updates"
+# Being subscribed to this (never published) topic is what "present" means: the
+# rows go by themselves when a channel closes, or its server dies, and
+# watchers of TOPIC who are not present themselves are not counted.
+HERE = "presence:here"
 
 
 class Present(BaseModel):
@@ -37,7 +41,8 @@ presence: ChannelRoute[Present] = ChannelRoute("presence", opening=Present)
 
 @presence.on_connect
 async def arrived(hub: EventHub, channel: Channel[Present], session: Session) -> dict[str, object]:
-    online = await hub.subscribers(TOPIC)  # channel ids present before this one
+    online = await hub.subscribers(HERE)  # channel ids present before this one
+    await hub.subscribe(HERE, channel.channel_id)
     await hub.subscribe(TOPIC, channel.channel_id)
     await hub.publish(
         TOPIC,
