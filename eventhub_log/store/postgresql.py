@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
+from ..errors import DatabaseUnavailable, StorageError
+from ..model import Event, PendingEvent
 from .tables import subscriptions, topics
 
 
@@ -39,3 +43,84 @@ def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
 
 def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
     return pg_insert(subscriptions).values(rows).on_conflict_do_nothing()
+
+
+# The writer's append in two statements on the driver, prepared once per
+# connection: the row lock on ``log_head`` first (see ``queries.append``: it
+# orders commits, and taking it before any ``topics`` row keeps writers free of
+# deadlocks), then topics and events together, numbered in SQL from that head.
+_BUMP_HEAD = "UPDATE log_head SET position = position + $1 WHERE id = 1 RETURNING position"
+_APPEND = """
+WITH input AS (
+    SELECT topic, payload, exclude_id, ord
+    FROM unnest($1::text[], $2::text[], $3::text[])
+        WITH ORDINALITY AS i(topic, payload, exclude_id, ord)
+), counts AS (
+    SELECT topic, count(*) AS n FROM input GROUP BY topic
+), bumped AS (
+    INSERT INTO topics AS t (topic, last_seq, created_at, last_published_at)
+    SELECT topic, n, $4::timestamp, $4::timestamp FROM counts
+    ON CONFLICT (topic) DO UPDATE
+        SET last_seq = t.last_seq + excluded.last_seq,
+            last_published_at = excluded.last_published_at
+    RETURNING t.topic, t.last_seq
+)
+INSERT INTO events (topic, seq, position, payload, exclude_id, published_at)
+SELECT i.topic,
+       b.last_seq - c.n + row_number() OVER (PARTITION BY i.topic ORDER BY i.ord),
+       $5::bigint + i.ord, i.payload, i.exclude_id, $4::timestamp
+FROM input i JOIN bumped b ON b.topic = i.topic JOIN counts c ON c.topic = i.topic
+RETURNING position, seq
+"""
+
+
+async def append_batch(
+    conn: AsyncConnection, pending: Sequence[PendingEvent], now: datetime
+) -> list[Event]:
+    """Append in a transaction of its own on the asyncpg connection, committed on return.
+
+    The same rows and numbers as ``queries.append``, in two prepared statements
+    instead of SQLAlchemy compiling a multi-row upsert and insert for every batch.
+    """
+    import asyncpg  # type: ignore[import-untyped]  # (only ever used with this dialect)
+
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    naive = now.replace(tzinfo=None)  # timestamps are stored as naive UTC
+    try:
+        async with driver.transaction():
+            head = await driver.fetchval(_BUMP_HEAD, len(pending))
+            first = head - len(pending)
+            rows = await driver.fetch(
+                _APPEND,
+                [item.topic for item in pending],
+                [item.payload_json for item in pending],
+                [item.exclude_id for item in pending],
+                naive,
+                first,
+            )
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        if _is_unavailable(exc.sqlstate):
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        raise StorageError(f"database error: {exc}") from exc
+    seqs = {position: seq for position, seq in rows}
+    return [
+        Event(
+            item.topic,
+            seqs[first + offset],
+            first + offset,
+            now,
+            item.payload_json,
+            item.exclude_id,
+        )
+        for offset, item in enumerate(pending, start=1)
+    ]
+
+
+def _is_unavailable(sqlstate: str | None) -> bool:
+    """Connection exceptions, a server shutting down or starting up, too many clients."""
+    if sqlstate is None:
+        return False
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
