@@ -53,7 +53,7 @@ from eventhub_log.channels import (
     Reply,
     open_channel,
 )
-from eventhub_log.model import Event, format_timestamp
+from eventhub_log.model import Event, Gap, format_timestamp
 
 from .errors import ApiError, status_of
 from .routes.ws import limits
@@ -65,7 +65,7 @@ from .websocket import (
     Closed,
     Connection,
     error_frame,
-    event_frame,
+    feed_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
 async def _pump_socket(feed: Feed, conn: Connection) -> None:
     try:
         async for event in feed:
-            await conn.send(event_frame(event))
+            await conn.send(feed_frame(event))
     except Closed:
         return
     await conn.close(CLOSE_GOING_AWAY, "server shutting down")
@@ -256,7 +256,10 @@ def _sse(kind: str | None, data: str, event_id: str | None = None) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def _sse_event(event: Event) -> bytes:
+def _sse_event(event: Event | Gap) -> bytes:
+    if isinstance(event, Gap):
+        gap = {"topic": event.topic, "from_seq": event.from_seq, "to_seq": event.to_seq}
+        return _sse("gap", json.dumps(gap))
     data = (
         '{"topic":'
         + json.dumps(event.topic)

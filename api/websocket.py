@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from eventhub_log import Event
+from eventhub_log import Event, Gap
 from eventhub_log import errors as lib
 from eventhub_log.model import format_timestamp
 
@@ -66,6 +66,15 @@ def event_frame(event: Event) -> str:
         + format_timestamp(event.published_at)
         + '"}'
     )
+
+
+def feed_frame(item: Event | Gap) -> str:
+    """An event frame, or a gap frame where retention removed what a resume needed."""
+    if isinstance(item, Gap):
+        return json.dumps(
+            {"type": "gap", "topic": item.topic, "from_seq": item.from_seq, "to_seq": item.to_seq}
+        )
+    return event_frame(item)
 
 
 def error_frame(code: str, message: str, **extra: Any) -> str:

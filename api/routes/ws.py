@@ -32,7 +32,7 @@ from ..websocket import (
     Connection,
     Limits,
     error_frame,
-    event_frame,
+    feed_frame,
     library_error_frame,
 )
 
@@ -61,7 +61,7 @@ async def pump(feed: Feed, connection: Connection) -> None:
     try:
         async for event in feed:
             if event.topic in feed.topics:  # not one unsubscribed a moment ago
-                await connection.send(event_frame(event))
+                await connection.send(feed_frame(event))
     except Closed:
         return
     # The hub is shutting down: clients resume from their last id elsewhere.
