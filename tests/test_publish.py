@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eventhub_log import Event, EventHub
+from eventhub_log.store import sqlite as sqlite_store
 
 
 async def test_publish_returns_the_stored_event(hub: EventHub) -> None:
@@ -145,3 +149,52 @@ async def test_a_cancelled_publish_still_lands_once_queued(hub: EventHub) -> Non
     after = await hub.publish("t", None, "next")
     assert [e.payload for e in await hub.history("t")] == ["cancelled caller", "next"]
     assert after.seq == 2
+
+
+async def _stored_rows(hub: EventHub) -> list[tuple[Any, ...]]:
+    async with hub.database.read() as conn:
+        events = await conn.exec_driver_sql(
+            "SELECT topic, seq, position, payload, exclude_id, published_at"
+            " FROM events ORDER BY position"
+        )
+        topics = await conn.exec_driver_sql(
+            "SELECT topic, last_seq, created_at, last_published_at FROM topics ORDER BY topic"
+        )
+        return [tuple(row) for row in events] + [tuple(row) for row in topics]
+
+
+async def test_sqlite_writer_stores_what_the_sqlalchemy_path_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's one-call SQLite transaction writes the very rows (down to the
+    timestamp text) that the portable SQLAlchemy path writes."""
+
+    async def publish_all(name: str) -> list[tuple[Any, ...]]:
+        async with EventHub(f"sqlite+aiosqlite:///{tmp_path / name}") as hub:
+            await asyncio.gather(*(hub.publish(f"t:{n % 3}", None, {"n": n}) for n in range(30)))
+            await hub.publish("t:0", "ch-1", ["excluded"])
+            await hub.publish_many([("t:1", None, 1), ("t:9", "x", 2)])
+            return await _stored_rows(hub)
+
+    fast = await publish_all("fast.db")
+    declined: list[int] = []
+
+    async def no_shortcut(_conn: object, pending: list[object], _now: object) -> None:
+        declined.append(len(pending))
+
+    monkeypatch.setattr(sqlite_store, "append_batch", no_shortcut)
+    portable = await publish_all("portable.db")
+    assert sum(declined) == 33  # every event went the portable way
+
+    timestamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+    for rows in (fast, portable):
+        for row in rows:
+            for value in row:
+                if isinstance(value, str) and value[:2] == "20":
+                    assert timestamp.fullmatch(value), value
+
+    def without_times(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return [tuple(v for v in row if not (isinstance(v, str) and v[:2] == "20")) for row in rows]
+
+    assert without_times(fast) == without_times(portable)
+    assert len(fast) == 33 + 4
