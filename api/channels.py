@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 
 RESERVED_QUERY = {"last_event_id", "opening"}
 SSE_OUTBOX = 256
+# How often an idle channel stream looks for a server shutdown (and a ping due).
+SHUTDOWN_CHECK = 0.5
 
 
 def mount_channels(app: FastAPI, *routes: ChannelRoute[Any]) -> None:
@@ -320,14 +323,21 @@ class ChannelEventStream(Response):
         feed = self.channel.feed
         assert feed is not None
         pump = asyncio.create_task(_pump_sse(feed, self.outbox))
+        loop = asyncio.get_running_loop()
+        last_write = loop.time()
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(self.outbox.get(), self.heartbeat)
+                    chunk = await asyncio.wait_for(self.outbox.get(), SHUTDOWN_CHECK)
                 except TimeoutError:
+                    if _server_exiting():
+                        break  # end cleanly; the client resumes by Last-Event-ID
+                    if loop.time() - last_write < self.heartbeat:
+                        continue
                     chunk = b": ping\n\n"
-                if not chunk:  # the feed ended: the server is shutting down
+                if not chunk:  # the feed ended: the hub is closing
                     break
+                last_write = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -340,6 +350,17 @@ async def _pump_sse(feed: Feed, outbox: asyncio.Queue[bytes]) -> None:
     async for event in feed:
         await outbox.put(_sse_event(event))
     await outbox.put(b"")
+
+
+def _server_exiting() -> bool:
+    """Whether uvicorn has been asked to stop. uvicorn waits for open responses
+    before shutting the app down, so an endless stream must notice by itself;
+    its SIGTERM handler is a bound method of its Server (as sse-starlette reads it)."""
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+    except ValueError:  # not on the main thread
+        return False
+    return bool(getattr(getattr(handler, "__self__", None), "should_exit", False))
 
 
 async def _wait_disconnect(receive: Receive) -> None:

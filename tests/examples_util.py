@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,12 @@ class ExampleServer:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"{self.module} did not become ready in time")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait: a clean shutdown."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

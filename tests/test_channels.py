@@ -384,3 +384,27 @@ async def test_sse_channel_resumes_with_last_event_id(
         assert welcome["id"] == cursor
         got = [await stream.next() for _ in missed]
         assert [event_id for _, event_id, _ in got] == [e.id for e in missed]
+
+
+async def test_sigterm_ends_open_channels_promptly(
+    app_server: ExampleServer, client: httpx.AsyncClient, database_url: str
+) -> None:
+    async with (
+        ws_connect(f"{app_server.ws}/v1/channels/testing/term-ws") as ws,
+        sse(client, f"{app_server.url}/v1/channels/testing/term-sse") as stream,
+    ):
+        await ws.recv_type("welcome")
+        await stream.next()
+        await stream.next()
+        started = time.monotonic()
+        await asyncio.to_thread(app_server.stop)
+        assert time.monotonic() - started < 3
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code in (1001, 1012)
+        with pytest.raises(EOFError):
+            await stream.next()
+    async with EventHub(database_url) as hub:
+        assert await hub.subscriptions("term-ws") == []
+        assert await hub.subscriptions("term-sse") == []
