@@ -63,7 +63,7 @@ async def test_seqs_count_per_topic_and_ids_across_topics(hub: EventHub) -> None
 
 
 async def test_any_json_value_round_trips(hub: EventHub) -> None:
-    payloads = [
+    payloads: list[Any] = [
         None,
         True,
         0,

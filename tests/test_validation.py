@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ async def test_validation_errors_are_value_errors(hub: EventHub) -> None:
 
 async def test_using_the_hub_before_start_says_what_to_do(tmp_path: Path) -> None:
     hub = EventHub(f"sqlite+aiosqlite:///{tmp_path / 'never-started.db'}")
-    calls = [
+    calls: list[Callable[[], Awaitable[object]]] = [
         lambda: hub.publish("room:lobby", None, {}),
         lambda: hub.publish_many([("room:lobby", None, {})]),
         lambda: hub.subscribe("room:lobby", "ch-1"),
