@@ -285,6 +285,9 @@ class Dispatcher:
             if not feeds:
                 del self._by_topic[topic]
 
+    def feeds(self) -> list[Feed]:
+        return [feed for feeds in self._by_subscriber.values() for feed in feeds]
+
     @property
     def feed_count(self) -> int:
         return sum(len(feeds) for feeds in self._by_subscriber.values())

@@ -16,7 +16,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .delivery import Dispatcher, Feed
-from .errors import HubNotStarted, InvalidCursor, ValidationError
+from .errors import DatabaseUnavailable, HubNotStarted, InvalidCursor, ValidationError
 from .idempotency import purge_expired, request_hash, validate_key
 from .log import GroupCommitWriter
 from .migrations import ensure_schema
@@ -533,14 +533,32 @@ class EventHub:
             try:
                 async with self.database.write() as conn:
                     now = _now()
-                    await queries.heartbeat(conn, self.instance_id, now)
+                    if not await queries.heartbeat(conn, self.instance_id, now):
+                        # Stalled past the ttl, a live instance took us for dead and
+                        # swept our streams' rows: they are still open, so put them back.
+                        log.warning("this instance was swept as expired; restoring its rows")
+                        await self._restore_rows(conn, now)
                     swept = await queries.sweep_expired(conn, now - ttl)
                     await purge_expired(conn, now, self._idempotency_ttl)
                     await queries.prune_subscription_changes(conn, now - _CHANGES_KEPT)
                 if swept:
                     log.info("removed %d subscription rows of expired instances", swept)
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat failed: %s", exc)
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
+
+    async def _restore_rows(self, conn: AsyncConnection, now: datetime) -> None:
+        for feed in self._dispatcher.feeds():
+            await queries.add_subscriptions(
+                conn,
+                self.database.dialect,
+                feed.subscriber_id,
+                feed.topics,
+                now,
+                connection_id=feed.connection_id,
+                instance_id=self.instance_id,
+            )
 
 
 def _pending(topic: str, exclude_id: str | None, payload: Any) -> PendingEvent:

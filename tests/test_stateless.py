@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 from eventhub_log import Event, EventHub
 from eventhub_log.notify.postgres import PostgresNotifier, asyncpg_dsn
+from eventhub_log.store import queries
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -243,3 +245,20 @@ async def test_listener_reconnects_after_its_connection_is_killed(database_url: 
         assert event is not None
         assert event.payload == "after the reconnect"
         assert time.monotonic() - sent < 1.0
+
+
+async def test_an_instance_swept_while_alive_restores_its_rows(database_url: str) -> None:
+    async with (
+        EventHub(database_url, heartbeat_interval=0.2, instance_ttl=30) as hub,
+        hub.stream(["room:y"], "stalled"),
+    ):
+        assert await hub.subscribers("room:y") == ["stalled"]
+        # What a live instance does to one whose heartbeat looks expired (as after
+        # a stall longer than the ttl): its row and its streams' rows go.
+        async with hub.database.write() as conn:
+            await queries.sweep_expired(conn, datetime.now(UTC) + timedelta(hours=1))
+        assert await hub.subscribers("room:y") == []
+        swept = time.monotonic()
+        while await hub.subscribers("room:y") != ["stalled"]:
+            assert time.monotonic() - swept < 5, "the stream's rows did not come back"
+            await asyncio.sleep(0.05)

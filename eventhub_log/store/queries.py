@@ -344,19 +344,23 @@ async def prune_subscription_changes(conn: AsyncConnection, before: datetime) ->
 
 async def heartbeat(
     conn: AsyncConnection, instance_id: str, now: datetime, *, started: bool = False
-) -> None:
+) -> bool:
+    """Renew the heartbeat; ``False`` when the row had been swept (and is back now)."""
     if started:
         await conn.execute(
             instances.insert().values(instance_id=instance_id, started_at=now, heartbeat_at=now)
         )
-        return
+        return True
     result = await conn.execute(
         update(instances).where(instances.c.instance_id == instance_id).values(heartbeat_at=now)
     )
-    if not result.rowcount:  # swept while we were stalled: come back
-        await conn.execute(
-            instances.insert().values(instance_id=instance_id, started_at=now, heartbeat_at=now)
-        )
+    if result.rowcount:
+        return True
+    # Swept while we were stalled: come back (the caller restores its streams' rows).
+    await conn.execute(
+        instances.insert().values(instance_id=instance_id, started_at=now, heartbeat_at=now)
+    )
+    return False
 
 
 async def sweep_expired(conn: AsyncConnection, expired_before: datetime) -> int:
