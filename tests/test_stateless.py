@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from eventhub_log import Event, EventHub
@@ -83,7 +83,7 @@ async def test_publish_from_another_process_reaches_a_feed_promptly(database_url
     ):
         assert (await publisher.line())["ready"]
         latencies = []
-        received = []
+        received: list[int] = []
         for _ in range(20):
             event = await feed.next(timeout=10)
             assert event is not None, f"only {len(received)} of 20 events arrived"
