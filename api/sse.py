@@ -47,6 +47,7 @@ import asyncio
 import json
 import logging
 import signal
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from starlette.responses import Response
@@ -117,7 +118,11 @@ class FrameCache:
 
     def __init__(self, size: int = FRAME_CACHE_SIZE) -> None:
         self._size = size
-        self._frames: dict[int, bytes] = {}
+        # An OrderedDict, not a dict: ``del d[next(iter(d))]`` on a plain dict
+        # walks over the slots its earlier deletions left at the front, so once
+        # full each eviction cost about 10 us and a 100,000-event catch-up spent
+        # a quarter of its time here; ``popitem(last=False)`` is O(1).
+        self._frames: OrderedDict[int, bytes] = OrderedDict()
 
     def frame(self, event: Event) -> bytes:
         frame = self._frames.get(event.position)
@@ -125,7 +130,7 @@ class FrameCache:
             frame = encode_event(event)
             frames = self._frames
             if len(frames) >= self._size:
-                del frames[next(iter(frames))]  # the oldest inserted
+                frames.popitem(last=False)  # the oldest inserted
             frames[event.position] = frame
         return frame
 
