@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from . import databases
 from .server import Server
 
 ServerFactory = Callable[..., Server]
@@ -203,3 +207,39 @@ async def test_serve_with_several_workers_delivers_across_them(database_url: str
         assert max(delays) < 0.5, delays
     finally:
         server.stop(timeout=15)
+
+
+@pytest.mark.usefixtures("postgres_template")  # skips, or fails, with the reason
+async def test_migrate_then_two_servers_on_an_empty_postgres_database() -> None:
+    """``eventhub-log migrate`` run from two processes at once on an empty database
+    (as several instances deploying together would), then two servers on it."""
+    name = f"eventhub_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(databases._admin_dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = databases._database_url(name)
+    servers: list[Server] = []
+    try:
+        command = ["-m", "eventhub_log.cli", "migrate", "--database-url", url]
+        migrations = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, *command, stdout=asyncio.subprocess.PIPE
+            )
+            for _ in "ab"
+        ]
+        for process in migrations:
+            out, _ = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 0
+            assert b"schema at revision" in out
+        servers = [Server(url, args=["--workers", "1"]).start(timeout=60) for _ in "ab"]
+        async with httpx.AsyncClient(timeout=20) as client:
+            first = await _publish(client, servers[0].url, "t", 1)
+            second = await _publish(client, servers[1].url, "t", 2)
+            history = await client.get(f"{servers[0].url}/v1/topics/t/events")
+        assert [event["id"] for event in history.json()["events"]] == [first["id"], second["id"]]
+    finally:
+        for server in servers:
+            server.kill()
+        await databases.drop_pg_database(name)
