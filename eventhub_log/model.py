@@ -113,4 +113,14 @@ def parse_cursor(value: str) -> int:
 
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, e.g. ``2026-01-02T03:04:05.000006Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # %-formatting of the fields, not strftime: about half the cost, and this
+    # runs once per event of every replay, history page and export.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond,
+    )
