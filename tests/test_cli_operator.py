@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select, update
 
 from eventhub_log import EventHub
+from eventhub_log.model import TopicInfo, format_timestamp
 from eventhub_log.store.tables import events, topics
 
 
@@ -131,12 +132,24 @@ def test_prune_keep_records_how_far(url: str) -> None:
         10,
     ]
     assert asyncio.run(_pruned_through(url)) == {"a": 6, "b": 0}
+    info = asyncio.run(_topic_infos(url))["a"]
+    assert (info.last_seq, info.event_count) == (10, 4)
+    remaining = ndjson(run("history", "a", "--database-url", url).stdout)
+    assert info.first_published_at is not None
+    assert format_timestamp(info.first_published_at) == remaining[0]["published_at"]
     assert run("prune", "--keep", "4", "--database-url", url).stdout.strip() == "nothing to prune"
     # Publishing goes on after the pruned prefix.
     assert json.loads(run("publish", "a", "11", "--database-url", url).stdout)["seq"] == 11
     only_b = run("prune", "--keep", "0", "--topic", "b", "--database-url", url).stdout
     assert only_b.splitlines() == ["b: deleted 3 events, pruned through seq 3"]
+    emptied = asyncio.run(_topic_infos(url))["b"]
+    assert (emptied.last_seq, emptied.event_count, emptied.first_published_at) == (3, 0, None)
     assert asyncio.run(_pruned_through(url)) == {"a": 6, "b": 3}
+
+
+async def _topic_infos(url: str) -> dict[str, TopicInfo]:
+    async with EventHub(url) as hub:
+        return {info.topic: info for info in await hub.topics()}
 
 
 async def _age(url: str, topic: str, through_seq: int, days: int) -> None:

@@ -165,14 +165,13 @@ async def event_at(conn: AsyncConnection, position: int) -> Event | None:
 
 
 async def topic_infos(conn: AsyncConnection) -> list[TopicInfo]:
-    stats = (
-        select(
-            events.c.topic,
-            func.count().label("n"),
-            func.min(events.c.published_at).label("first"),
-        )
-        .group_by(events.c.topic)
-        .subquery()
+    """One row per topic, without scanning the events: seqs have no holes and
+    retention deletes a prefix, so a topic holds exactly the seqs after
+    ``pruned_through_seq`` up to ``last_seq``, and its first event is a key lookup."""
+    first = (
+        select(events.c.published_at)
+        .where(events.c.topic == topics.c.topic, events.c.seq == topics.c.pruned_through_seq + 1)
+        .scalar_subquery()
     )
     subs = (
         select(subscriptions.c.topic, func.count().label("n"))
@@ -183,16 +182,12 @@ async def topic_infos(conn: AsyncConnection) -> list[TopicInfo]:
         select(
             topics.c.topic,
             topics.c.last_seq,
-            func.coalesce(stats.c.n, 0),
-            stats.c.first,
+            topics.c.last_seq - topics.c.pruned_through_seq,
+            first,
             topics.c.last_published_at,
             func.coalesce(subs.c.n, 0),
         )
-        .select_from(
-            topics.outerjoin(stats, stats.c.topic == topics.c.topic).outerjoin(
-                subs, subs.c.topic == topics.c.topic
-            )
-        )
+        .select_from(topics.outerjoin(subs, subs.c.topic == topics.c.topic))
         .order_by(topics.c.topic)
     )
     return [TopicInfo(*row) for row in await conn.execute(query)]
