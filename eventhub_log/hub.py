@@ -184,9 +184,19 @@ class EventHub:
         validate_topic(topic)
         validate_subscriber(subscriber_id)
         self._require_running()
+        # With a stream of this subscriber open here, the row is that stream's:
+        # it goes when the stream closes, and with this instance if it dies
+        # (a row owned by nobody would outlive a crash).
+        owner = min(self._dispatcher.feeds_of(subscriber_id), key=_connection_id, default=None)
         async with self.database.write() as conn:
             await queries.add_subscriptions(
-                conn, self.database.dialect, subscriber_id, [topic], _now()
+                conn,
+                self.database.dialect,
+                subscriber_id,
+                [topic],
+                _now(),
+                connection_id=None if owner is None else owner.connection_id,
+                instance_id=None if owner is None else self.instance_id,
             )
             position = await queries.record_subscription_change(
                 conn, subscriber_id, topic, added=True, now=_now()
@@ -567,6 +577,10 @@ def _pending(topic: str, exclude_id: str | None, payload: Any) -> PendingEvent:
         payload_json=encode_payload(payload),
         exclude_id=validate_exclude(exclude_id),
     )
+
+
+def _connection_id(feed: Feed) -> str:
+    return feed.connection_id
 
 
 def _now() -> datetime:
