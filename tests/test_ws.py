@@ -313,3 +313,23 @@ async def test_ws_and_sse_get_the_same_events(server: Server) -> None:
     assert [a["id"] for a in acks] == [e["id"] for e in got_ws] == [i for i, _ in events]
     assert [e["payload"] for e in got_ws] == [d["payload"] for _, d in events]
     assert [e["seq"] for e in got_ws] == [d["seq"] for _, d in events]
+
+
+async def test_rows_of_a_crashed_server_are_swept(database_url: str) -> None:
+    """Topics added by a subscribe frame belong to the socket's stream and this
+    instance, so the next server removes them when this one dies."""
+    env = {"EVENTHUB_INSTANCE_HEARTBEAT": "0.2", "EVENTHUB_INSTANCE_TTL": "1"}
+    first = Server(database_url, env=env).start()
+    try:
+        async with ws_connect(url(first, "subscriber=crash&topic=a")) as ws:
+            await ws.recv_type("ready")
+            await ws.request({"op": "subscribe", "topic": "b"})
+            assert await rows_of(database_url, "crash") == ["a", "b"]
+            first.kill()
+    finally:
+        first.kill()
+    second = Server(database_url, env=env).start()
+    try:
+        await wait_rows_gone(database_url, "crash", within=10)
+    finally:
+        second.kill()
