@@ -20,9 +20,10 @@ from .errors import DatabaseUnavailable, HubNotStarted, InvalidCursor, Validatio
 from .idempotency import purge_expired, request_hash, validate_key
 from .log import GroupCommitWriter
 from .migrations import ensure_schema
-from .model import Event, HistoryPage, PendingEvent, TopicInfo, parse_cursor
+from .model import Event, Gap, HistoryPage, PendingEvent, TopicInfo, parse_cursor
 from .notify import Notifier, PollingNotifier
 from .notify.postgres import PostgresNotifier, asyncpg_dsn
+from .retention import gaps as retention_gaps
 from .store import queries
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
 from .subscription_sync import SubscriptionSync
@@ -377,6 +378,17 @@ class EventHub:
                 limit=limit + 1,
             )
         return HistoryPage(events=found[:limit], has_more=len(found) > limit)
+
+    async def gaps(self, topics: Collection[str], after: str | None) -> list[Gap]:
+        """What retention deleted of ``topics`` that a reader resuming after the
+        cursor ``after`` (``None``: from the beginning) will not get: send these
+        before replaying. ``from_seq`` may start early (by less than a pruning
+        chunk), never late."""
+        for topic in topics:
+            validate_topic(topic)
+        position = 0 if after is None else parse_cursor(after)
+        self._require_running()
+        return await retention_gaps(self.database, topics, position)
 
     async def export(
         self,

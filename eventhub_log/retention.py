@@ -11,6 +11,13 @@ clocks of several instances may disagree slightly, an event published a moment
 earlier with a higher seq can be kept a little longer, never lost out of order.
 Large prunes go in chunks, each its own short transaction, so the writer is held
 up for a moment at a time rather than for the whole deletion.
+
+Each chunk leaves a mark: its last seq and that event's log position. A reader
+resuming after a position P is owed every event of its topics after P; those
+that are gone are the topic's seqs from just after the last mark at or before P
+through ``pruned_through_seq``. So ``gaps`` reports them exactly when P falls on
+a chunk boundary and otherwise starts the range at most ``CHUNK - 1`` seqs early,
+never late: the reader is never told less than it missed.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .errors import ValidationError
+from .model import Gap
 from .store import retention as store
 from .store.database import Database
 
-CHUNK = 5000
+CHUNK = 1000
 _DURATION_PART = re.compile(r"(\d+)(w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -92,3 +100,19 @@ async def prune(
                 done = step
         results.append(Pruned(topic, deleted, bound))
     return results
+
+
+async def gaps(database: Database, topics: Collection[str], after_position: int) -> list[Gap]:
+    """What retention removed of ``topics`` that a reader resuming after
+    ``after_position`` (0: from the beginning) was owed, one ``Gap`` per topic."""
+    async with database.read() as conn:
+        found = await store.marks(conn, topics)
+    result: list[Gap] = []
+    for topic in sorted(found):
+        topic_marks = found[topic]
+        through_seq, through_position = topic_marks[-1]
+        if after_position >= through_position:
+            continue  # everything pruned lies at or before where the reader stood
+        seen = [seq for seq, position in topic_marks if position <= after_position]
+        result.append(Gap(topic, (seen[-1] if seen else 0) + 1, through_seq))
+    return result

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .tables import events, topics
+from .tables import events, retention_marks, topics
 
 
 async def topic_states(
@@ -36,7 +36,17 @@ async def last_seq_before(conn: AsyncConnection, topic: str, before: datetime) -
 async def delete_through(
     conn: AsyncConnection, topic: str, after_seq: int, through_seq: int
 ) -> int:
-    """Delete the topic's events with ``after_seq < seq <= through_seq`` and note it."""
+    """Delete the topic's events with ``after_seq < seq <= through_seq``, leaving a
+    mark with the last one's position, and note the new bound on the topic."""
+    position = (
+        await conn.execute(
+            select(events.c.position).where(events.c.topic == topic, events.c.seq == through_seq)
+        )
+    ).scalar()
+    if position is not None:
+        await conn.execute(
+            retention_marks.insert().values(topic=topic, seq=through_seq, position=position)
+        )
     deleted = await conn.execute(
         delete(events).where(
             events.c.topic == topic, events.c.seq > after_seq, events.c.seq <= through_seq
@@ -60,3 +70,18 @@ async def pruned_through(conn: AsyncConnection, names: Collection[str]) -> dict[
         )
     )
     return {name: int(seq) for name, seq in rows}
+
+
+async def marks(conn: AsyncConnection, names: Collection[str]) -> dict[str, list[tuple[int, int]]]:
+    """``topic -> [(seq, position), ...]`` in seq order, for the named topics."""
+    if not names:
+        return {}
+    rows = await conn.execute(
+        select(retention_marks.c.topic, retention_marks.c.seq, retention_marks.c.position)
+        .where(retention_marks.c.topic.in_(sorted(names)))
+        .order_by(retention_marks.c.topic, retention_marks.c.seq)
+    )
+    found: dict[str, list[tuple[int, int]]] = {}
+    for name, seq, position in rows:
+        found.setdefault(name, []).append((int(seq), int(position)))
+    return found

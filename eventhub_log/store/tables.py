@@ -120,6 +120,18 @@ subscription_changes = Table(
     Column("changed_at", UTCDateTime, nullable=False),
 )
 
+# Every pruned chunk of a topic leaves one row: the last seq it deleted and that
+# event's log position. A reader resuming after a position finds between which
+# marks it stood, hence the seqs it may have missed: see retention.py.
+retention_marks = Table(
+    "retention_marks",
+    metadata,
+    Column("topic", String(255), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    PrimaryKeyConstraint("topic", "seq", name="pk_retention_marks"),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
