@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from eventhub_log import Event, EventHub
+from eventhub_log import Event, EventHub, StorageError
 from eventhub_log.store import sqlite as sqlite_store
 
 
@@ -198,3 +198,26 @@ async def test_sqlite_writer_stores_what_the_sqlalchemy_path_stores(
 
     assert without_times(fast) == without_times(portable)
     assert len(fast) == 33 + 4
+
+
+async def test_a_failed_commit_fails_its_callers_and_the_writer_goes_on(hub: EventHub) -> None:
+    first = await hub.publish("t", None, 1)
+    # A row the hub did not write takes the position its next event would get.
+    intruder = (
+        "INSERT INTO events (topic, seq, position, payload, exclude_id, published_at)"
+        f" VALUES ('other', 1, {first.position + 1}, '0', NULL, '2026-01-01 00:00:00.000000')"
+    )
+    async with hub.database.engine.begin() as conn:
+        await conn.exec_driver_sql(intruder)
+
+    results = await asyncio.gather(
+        *(hub.publish("t", None, n) for n in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(result, StorageError) for result in results), results
+
+    async with hub.database.engine.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM events WHERE topic = 'other'")
+    after = await hub.publish("t", None, "after")
+    # Nothing of the failed batch was kept, nor its seqs or positions used up.
+    assert (after.seq, after.position) == (2, first.position + 1)
+    assert [e.payload for e in await hub.history("t")] == [1, "after"]
