@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from eventhub_log import Event, EventHub, Feed, InvalidCursor
 
@@ -236,3 +237,25 @@ async def test_cursor_ahead_of_the_log_is_refused(hub: EventHub) -> None:
         async with hub.stream(["a"], after="5"):
             pass
     assert await hub.subscriptions("never") == []
+
+
+async def test_local_publishes_reach_feeds_without_reading_the_log(hub: EventHub) -> None:
+    """Stateful mode: the writer hands committed events straight to the feeds."""
+    reads: list[str] = []
+
+    def watch(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM events" in statement:
+            reads.append(statement)
+
+    async with hub.stream(["room:lobby"], "ch-1") as feed:
+        sync_engine = hub.database.engine.sync_engine
+        sa_event.listen(sync_engine, "before_cursor_execute", watch)
+        try:
+            published = [await hub.publish("room:lobby", None, n) for n in range(10)]
+            published += await asyncio.gather(
+                *(hub.publish("room:lobby", None, n) for n in range(10, 50))
+            )
+            assert await take(feed, 50) == sorted(published, key=lambda e: e.position)
+        finally:
+            sa_event.remove(sync_engine, "before_cursor_execute", watch)
+    assert reads == []

@@ -221,3 +221,12 @@ async def test_a_failed_commit_fails_its_callers_and_the_writer_goes_on(hub: Eve
     # Nothing of the failed batch was kept, nor its seqs or positions used up.
     assert (after.seq, after.position) == (2, first.position + 1)
     assert [e.payload for e in await hub.history("t")] == [1, "after"]
+
+
+async def test_concurrent_publishes_share_commits(hub: EventHub) -> None:
+    """Group commit: publishes waiting together go in one transaction (a batch's
+    events carry its one commit time), and each caller still gets its own event."""
+    events = await asyncio.gather(*(hub.publish("t", None, n) for n in range(100)))
+    assert [e.payload for e in events] == list(range(100))
+    commit_times = {e.published_at for e in events}
+    assert len(commit_times) <= 5, f"{len(commit_times)} commits for 100 concurrent publishes"
