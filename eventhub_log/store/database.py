@@ -62,9 +62,12 @@ def open_database(
             _ensure_parent_directory(url.database)
             engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
         else:
-            engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-            )
+            # No pre-ping: with asyncpg it is BEGIN, a ping and ROLLBACK, three round
+            # trips on every checkout, more than most of our transactions cost. A
+            # connection that died (server restart) fails its first statement
+            # instead; that request gets DatabaseUnavailable (503, retry) and
+            # SQLAlchemy drops every pooled connection older than the failure.
+            engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
     if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
     dialect.configure(

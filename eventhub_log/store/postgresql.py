@@ -45,21 +45,24 @@ def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
     return pg_insert(subscriptions).values(rows).on_conflict_do_nothing()
 
 
-# The writer's append in two statements on the driver, prepared once per
-# connection: the row lock on ``log_head`` first (see ``queries.append``: it
-# orders commits, and taking it before any ``topics`` row keeps writers free of
-# deadlocks), then topics and events together, numbered in SQL from that head.
-_BUMP_HEAD = "UPDATE log_head SET position = position + $1 WHERE id = 1 RETURNING position"
+# The writer's append as one statement on the driver, prepared once per
+# connection and run in its own implicit transaction: one round trip, no BEGIN
+# or COMMIT. Every other CTE reads ``head``, so its UPDATE of ``log_head`` runs
+# (and takes the row lock) before any ``topics`` row is touched: the lock order
+# of ``queries.append`` (commit order, and no deadlock on ``topics`` rows), with
+# seqs and positions numbered in SQL from the new head.
 _APPEND = """
 WITH input AS (
     SELECT topic, payload, exclude_id, ord
     FROM unnest($1::text[], $2::text[], $3::text[])
         WITH ORDINALITY AS i(topic, payload, exclude_id, ord)
+), head AS (
+    UPDATE log_head SET position = position + $5::bigint WHERE id = 1 RETURNING position
 ), counts AS (
     SELECT topic, count(*) AS n FROM input GROUP BY topic
 ), bumped AS (
     INSERT INTO topics AS t (topic, last_seq, created_at, last_published_at)
-    SELECT topic, n, $4::timestamp, $4::timestamp FROM counts
+    SELECT c.topic, c.n, $4::timestamp, $4::timestamp FROM counts c CROSS JOIN head
     ON CONFLICT (topic) DO UPDATE
         SET last_seq = t.last_seq + excluded.last_seq,
             last_published_at = excluded.last_published_at
@@ -68,8 +71,11 @@ WITH input AS (
 INSERT INTO events (topic, seq, position, payload, exclude_id, published_at)
 SELECT i.topic,
        b.last_seq - c.n + row_number() OVER (PARTITION BY i.topic ORDER BY i.ord),
-       $5::bigint + i.ord, i.payload, i.exclude_id, $4::timestamp
-FROM input i JOIN bumped b ON b.topic = i.topic JOIN counts c ON c.topic = i.topic
+       h.position - $5::bigint + i.ord, i.payload, i.exclude_id, $4::timestamp
+FROM input i
+    JOIN bumped b ON b.topic = i.topic
+    JOIN counts c ON c.topic = i.topic
+    CROSS JOIN head h
 RETURNING position, seq
 """
 
@@ -77,10 +83,10 @@ RETURNING position, seq
 async def append_batch(
     conn: AsyncConnection, pending: Sequence[PendingEvent], now: datetime
 ) -> list[Event]:
-    """Append in a transaction of its own on the asyncpg connection, committed on return.
+    """Append in one statement of its own on the asyncpg connection, committed on return.
 
-    The same rows and numbers as ``queries.append``, in two prepared statements
-    instead of SQLAlchemy compiling a multi-row upsert and insert for every batch.
+    The same rows and numbers as ``queries.append``, in one round trip instead of
+    five, and with no multi-row upsert and insert for SQLAlchemy to compile per batch.
     """
     import asyncpg  # type: ignore[import-untyped]  # (only ever used with this dialect)
 
@@ -88,24 +94,24 @@ async def append_batch(
     assert driver is not None
     naive = now.replace(tzinfo=None)  # timestamps are stored as naive UTC
     try:
-        async with driver.transaction():
-            head = await driver.fetchval(_BUMP_HEAD, len(pending))
-            first = head - len(pending)
-            rows = await driver.fetch(
-                _APPEND,
-                [item.topic for item in pending],
-                [item.payload_json for item in pending],
-                [item.exclude_id for item in pending],
-                naive,
-                first,
-            )
+        rows = await driver.fetch(
+            _APPEND,
+            [item.topic for item in pending],
+            [item.payload_json for item in pending],
+            [item.exclude_id for item in pending],
+            naive,
+            len(pending),
+        )
     except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        await conn.invalidate(exc)  # the pool must not lend this connection again
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
     except asyncpg.PostgresError as exc:
         if _is_unavailable(exc.sqlstate):
+            await conn.invalidate(exc)
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         raise StorageError(f"database error: {exc}") from exc
-    seqs = {position: seq for position, seq in rows}
+    seqs = dict(rows)
+    first = min(seqs) - 1
     return [
         Event(
             item.topic,
