@@ -79,3 +79,23 @@ async def test_bad_keys_are_rejected(hub: EventHub) -> None:
             await hub.publish_once(key, [("t", None, 1)])
     with pytest.raises(ValidationError):
         await hub.publish_once("k", [])
+
+
+async def test_two_hubs_on_one_database_append_once(database_url: str) -> None:
+    async with (
+        EventHub(database_url, auto_migrate=True) as first,
+        EventHub(database_url, auto_migrate=True) as second,
+    ):
+        results = await asyncio.gather(
+            *(
+                hub.publish_once(f"key-{n % 5}", [("t", None, {"n": n % 5})])
+                for n in range(40)
+                for hub in (first, second)
+            )
+        )
+        assert sum(not replayed for _, replayed in results) == 5
+        by_key: dict[int, set[str]] = {}
+        for events, _ in results:
+            by_key.setdefault(events[0].payload["n"], set()).add(events[0].id)
+        assert all(len(ids) == 1 for ids in by_key.values())
+        assert len(await first.history("t")) == 5
