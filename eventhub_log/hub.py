@@ -27,7 +27,13 @@ from .retention import gaps as retention_gaps
 from .store import queries
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
 from .subscription_sync import SubscriptionSync
-from .validation import encode_payload, validate_exclude, validate_subscriber, validate_topic
+from .validation import (
+    encode_payload,
+    validate_exclude,
+    validate_range,
+    validate_subscriber,
+    validate_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -333,11 +339,16 @@ class EventHub:
     ) -> list[Event]:
         """A page of a topic's events; page on by ``after_seq`` (or ``before_seq``)."""
         validate_topic(topic)
+        validate_range(
+            after_seq=after_seq,
+            before_seq=before_seq,
+            since=since,
+            until=until,
+            limit=limit,
+            max_limit=MAX_HISTORY_LIMIT,
+            order=order,
+        )
         self._require_running()
-        if not 1 <= limit <= MAX_HISTORY_LIMIT:
-            raise ValidationError(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
-        if order not in ("asc", "desc"):
-            raise ValidationError("order must be 'asc' or 'desc'")
         async with self.database.read() as conn:
             return await queries.history(
                 conn,
@@ -363,9 +374,16 @@ class EventHub:
     ) -> HistoryPage:
         """Like ``history``, also telling whether more events follow the page."""
         validate_topic(topic)
+        validate_range(
+            after_seq=after_seq,
+            before_seq=before_seq,
+            since=since,
+            until=until,
+            limit=limit,
+            max_limit=MAX_HISTORY_LIMIT,
+            order=order,
+        )
         self._require_running()
-        if not 1 <= limit <= MAX_HISTORY_LIMIT:
-            raise ValidationError(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
         async with self.database.read() as conn:
             found = await queries.history(
                 conn,
@@ -402,6 +420,9 @@ class EventHub:
     ) -> AsyncIterator[Event]:
         """Every selected event, streamed from the database without loading it all."""
         validate_topic(topic)
+        validate_range(
+            after_seq=after_seq, before_seq=before_seq, since=since, until=until, order=order
+        )
         self._require_running()
         async with self.database.read() as conn:
             async for event in queries.stream_history(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
-from .errors import InvalidPayload, InvalidSubscriber, InvalidTopic
+from .errors import InvalidPayload, InvalidSubscriber, InvalidTopic, ValidationError
 
 MAX_TOPIC_LENGTH = 255
 MAX_SUBSCRIBER_LENGTH = 255
@@ -63,6 +64,34 @@ def validate_subscriber(subscriber_id: object) -> str:
 
 def validate_exclude(exclude_id: object) -> str | None:
     return None if exclude_id is None else validate_subscriber(exclude_id)
+
+
+def validate_range(
+    *,
+    after_seq: object = None,
+    before_seq: object = None,
+    since: object = None,
+    until: object = None,
+    limit: object = None,
+    max_limit: int = 1000,
+    order: object = "asc",
+) -> None:
+    """Check a history selection before it reaches SQL, where a wrong type would
+    be a database error on one backend and an empty answer on another."""
+    for name, seq in (("after_seq", after_seq), ("before_seq", before_seq)):
+        if seq is not None and (type(seq) is bool or not isinstance(seq, int) or seq < 0):
+            raise ValidationError(f"{name} must be a non-negative integer, not {seq!r}")
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and not isinstance(moment, datetime):
+            raise ValidationError(
+                f"{name} must be a datetime (naive means UTC), not {type(moment).__name__}"
+            )
+    if limit is not None and (
+        type(limit) is bool or not isinstance(limit, int) or not 1 <= limit <= max_limit
+    ):
+        raise ValidationError(f"limit must be between 1 and {max_limit}, not {limit!r}")
+    if order not in ("asc", "desc"):
+        raise ValidationError(f"order must be 'asc' or 'desc', not {order!r}")
 
 
 def encode_payload(payload: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,27 @@ async def test_export_streams_everything_with_the_filters(hub: EventHub) -> None
 
     tail = [e.seq async for e in hub.export("t", after_seq=2490, order="desc")]
     assert tail == list(range(2500, 2490, -1))
+
+
+async def test_wrong_types_in_a_selection_are_refused_alike_everywhere(hub: EventHub) -> None:
+    """Not a database error on one backend and an empty page on another."""
+    await hub.publish("t", None, 1)
+    wrong: list[dict[str, Any]] = [
+        {"after_seq": "3"},
+        {"after_seq": -1},
+        {"before_seq": 1.5},
+        {"after_seq": True},
+        {"since": "2026-01-01T00:00:00Z"},
+        {"until": 1700000000},
+        {"limit": "10"},
+        {"limit": 10.0},
+        {"order": "DESC"},
+    ]
+    for filters in wrong:
+        name = next(iter(filters))
+        with pytest.raises(ValidationError, match=name):
+            await hub.history("t", **filters)
+        if name != "limit":
+            with pytest.raises(ValidationError, match=name):
+                async for _ in hub.export("t", **filters):
+                    pass
