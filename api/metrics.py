@@ -69,6 +69,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram, Histogram | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,7 +96,20 @@ class MetricsMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "")
-        self.metrics.requests.labels(template, method, str(status)).inc()
-        self.metrics.request_seconds.labels(template, method).observe(seconds)
-        if template in _PUBLISH_ROUTES and method == "POST" and 200 <= status < 300:
-            self.metrics.publish_seconds.observe(seconds)
+        key = (template, method, status)
+        # labels() costs more than the observation; the label sets are few (routes
+        # times methods times statuses), so their children are looked up once.
+        children = self._children.get(key)
+        if children is None:
+            publish = template in _PUBLISH_ROUTES and method == "POST" and 200 <= status < 300
+            children = (
+                self.metrics.requests.labels(template, method, str(status)),
+                self.metrics.request_seconds.labels(template, method),
+                self.metrics.publish_seconds if publish else None,
+            )
+            self._children[key] = children
+        requests, duration, publish_latency = children
+        requests.inc()
+        duration.observe(seconds)
+        if publish_latency is not None:
+            publish_latency.observe(seconds)
