@@ -276,3 +276,29 @@ def test_openapi_describes_every_route(client: httpx.Client) -> None:
     publish = paths["/v1/topics/{topic}/events"]["post"]
     assert {"201", "200", "409", "413", "422"} <= set(publish["responses"])
     assert client.get("/docs").status_code == 200
+
+
+def test_rest_subscriptions_reach_an_open_stream(server: Server) -> None:
+    from httpx_sse import aconnect_sse
+
+    async def run() -> list[tuple[str, object]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            params = {"topic": "room:a", "subscriber": "reader"}
+            async with aconnect_sse(http, "GET", "/v1/stream", params=params) as source:
+                events = source.aiter_sse()
+                ready = await anext(events)
+                assert ready.event == "ready"
+                assert (await http.put("/v1/subscriptions/reader/topics/room:b")).status_code == 200
+                listed = (await http.get("/v1/topics/room:b/subscribers")).json()
+                assert listed["subscribers"] == ["reader"]
+                await http.post("/v1/topics/room:b/events", json={"payload": "b1"})
+                await http.post("/v1/topics/room:a/events", json={"payload": "a1"})
+                got = [await anext(events) for _ in range(2)]
+                deleted = await http.delete("/v1/subscriptions/reader/topics/room:b")
+                assert deleted.status_code == 204
+                await http.post("/v1/topics/room:b/events", json={"payload": "b2"})
+                await http.post("/v1/topics/room:a/events", json={"payload": "a2"})
+                got.append(await anext(events))
+                return [(json.loads(e.data)["topic"], json.loads(e.data)["payload"]) for e in got]
+
+    assert asyncio.run(run()) == [("room:b", "b1"), ("room:a", "a1"), ("room:a", "a2")]
