@@ -33,6 +33,7 @@ from .validation import (
     validate_range,
     validate_subscriber,
     validate_topic,
+    validate_topics,
 )
 
 log = logging.getLogger(__name__)
@@ -483,8 +484,7 @@ class EventHub:
         The subscriber's rows are removed in one transaction when the block exits,
         even when the surrounding task is being cancelled.
         """
-        for topic in topics:
-            validate_topic(topic)
+        topics = validate_topics(topics)
         subscriber = validate_subscriber(subscriber_id or f"sub-{uuid.uuid4().hex}")
         start_after = None if after is None else parse_cursor(after)
         self._require_running()

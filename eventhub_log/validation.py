@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
@@ -48,6 +48,17 @@ def validate_topic(topic: object) -> str:
             _VALID_TOPICS.clear()
         _VALID_TOPICS.add(topic)
     return topic
+
+
+def validate_topics(topics: object) -> list[str]:
+    """A collection of topic names; a lone string is refused, not read as letters."""
+    if isinstance(topics, str | bytes):
+        raise InvalidTopic(
+            f"expected a collection of topics, got the single string {topics[:80]!r}: pass [topic]"
+        )
+    if not isinstance(topics, Iterable):
+        raise InvalidTopic(f"expected a collection of topics, not {type(topics).__name__}")
+    return [validate_topic(topic) for topic in topics]
 
 
 def validate_subscriber(subscriber_id: object) -> str:

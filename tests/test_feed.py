@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import event as sa_event
 
-from eventhub_log import Event, EventHub, Feed, InvalidCursor
+from eventhub_log import Event, EventHub, Feed, InvalidCursor, InvalidTopic
 
 # A feed that has nothing for this long has lost something (or the machine is stuck).
 PATIENCE = 30.0
@@ -270,3 +270,19 @@ async def test_local_publishes_reach_feeds_without_reading_the_log(hub: EventHub
     # 50 publishes, no read of the log for them (at most the listener's one
     # look, should it come late on a loaded machine).
     assert len(reads) <= 1, reads
+
+
+async def test_a_single_string_is_not_taken_for_a_list_of_topics(hub: EventHub) -> None:
+    with pytest.raises(InvalidTopic, match=r"pass \[topic\]"):
+        async with hub.stream("room:lobby"):  # a str is a Collection[str] to mypy
+            pass
+    with pytest.raises(InvalidTopic, match="collection of topics"):
+        async with hub.stream(42):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(InvalidTopic):
+        async with hub.stream(["ok", "not ok"]):
+            pass
+    async with hub.stream(("a", "b")) as feed, hub.stream({"c"}) as other:
+        assert (feed.topics, other.topics) == ({"a", "b"}, {"c"})
+    assert await hub.topics() == []
+    assert await hub.subscribers("r") == []
