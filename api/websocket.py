@@ -118,6 +118,9 @@ class Connection:
         """Queue a frame; waits while the outbox is full (that is the backpressure)."""
         if self.closed:
             raise Closed
+        if not self._outbox.full():
+            self._outbox.put_nowait(frame)  # the usual case: no task, no waiting
+            return
         put = asyncio.ensure_future(self._outbox.put(frame))
         closing = asyncio.ensure_future(self._closed.wait())
         try:
@@ -155,10 +158,13 @@ class Connection:
         if self.close_code is not None:
             return
         self.close_code = code
-        if code == CLOSE_NORMAL and self._writer is not None and not self._closed.is_set():
-            # Let queued frames (a last error, a last ack) go out first.
+        if self._writer is not None and not self._closed.is_set():
+            # Let queued frames (a last error, a last ack) go out first, briefly:
+            # a client closed for flooding may not be reading at all.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), timeout=2)
+                await asyncio.wait_for(
+                    self._outbox.join(), timeout=2 if code == CLOSE_NORMAL else 0.5
+                )
         self._closed.set()
         if self._writer is not None:
             self._writer.cancel()
