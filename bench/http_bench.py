@@ -763,13 +763,17 @@ def targets_table(rest: list[RestRow] | None, runs: list[FanOut], resume: Resume
     ours = {run.name: run for run in runs if run.name.startswith("eventhub")}
     peers = [run for run in runs if not run.name.startswith("eventhub")]
     if rest:
-        by_kind = {row.name: row.result.rps for row in rest}
-        ceiling = rest[0].result.rps
-        mine = next((rps for name, rps in by_kind.items() if name.startswith("eventhub")), None)
-        if mine is not None and ceiling:
+        ceiling_row = rest[0]
+        mine_row = next((row for row in rest if row.name.startswith("eventhub")), None)
+        if mine_row is not None and ceiling_row.result.rps:
+            mine, ceiling = mine_row.result.rps, ceiling_row.result.rps
+            mine_cpu = mine_row.server_cpu / max(1, mine_row.result.requests)
+            ceiling_cpu = ceiling_row.server_cpu / max(1, ceiling_row.result.requests)
             add(
                 "REST publish >= 50% of the HTTP ceiling",
-                f"{mine:,.0f} of {ceiling:,.0f} requests/s ({100 * mine / ceiling:.0f}%)",
+                f"{mine:,.0f} of {ceiling:,.0f} requests/s ({100 * mine / ceiling:.0f}%); "
+                f"per server CPU second {1 / mine_cpu:,.0f} of {1 / ceiling_cpu:,.0f} "
+                f"({100 * ceiling_cpu / mine_cpu:.0f}%)",
                 mine >= 0.5 * ceiling,
             )
     for run in ours.values():
@@ -777,14 +781,21 @@ def targets_table(rest: list[RestRow] | None, runs: list[FanOut], resume: Resume
         paced = run.phases[0]
         if peers:
             peer = peers[0].phases[-1]
+            mine_cpu = flat.cpu["server"] / max(1, flat.delivered)
+            peer_cpu = peer.cpu["server"] / max(1, peer.delivered)
             add(
                 "fan-out at saturation >= the peer's delivery rate",
-                f"{flat.window_rate:,.0f} vs {peer.window_rate:,.0f} events/s while publishing",
+                f"{flat.window_rate:,.0f} vs {peer.window_rate:,.0f} events/s while publishing; "
+                f"{mine_cpu * 1e6:.1f} vs {peer_cpu * 1e6:.1f} us of server CPU a delivery",
                 flat.window_rate >= peer.window_rate,
             )
+        per_core = paced.delivered / paced.cpu["server"] if paced.cpu.get("server") else 0.0
         add(
             f"p99 < 250 ms at {paced.name}, {run.streams:,} streams",
-            f"p99 {paced.p99_ms:,.0f} ms (p50 {paced.p50_ms:,.0f} ms)",
+            f"p99 {paced.p99_ms:,.0f} ms (p50 {paced.p50_ms:,.0f} ms), "
+            f"{paced.published.rate:,.0f} events/s got through; "
+            f"the server did {per_core:,.0f} deliveries per CPU second "
+            f"and had {100 * paced.cpu.get('server', 0) / paced.cpu.get('wall', 1):.0f}% of a core",
             paced.p99_ms < 250,
         )
         add(
