@@ -338,10 +338,12 @@ async def test_a_stream_blocked_on_a_full_socket_is_cut_off(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             blob = "y" * 50_000
-            ids = []
-            for n in range(120):  # 6 MB: more than the socket buffers hold
-                ids.append((await publish(client, server.url, "pipe", [n, blob]))["id"])
-            assert [event.id for event in await take(events, len(ids))] == ids
+            count = 120  # 6 MB: more than the socket buffers hold
+            reading = asyncio.create_task(take(events, count))  # this one keeps reading
+            ids = [
+                (await publish(client, server.url, "pipe", [n, blob]))["id"] for n in range(count)
+            ]
+            assert [event.id for event in await reading] == ids
             while "stuck" in await subscribers(database, "pipe"):
                 assert time.monotonic() < deadline, "the stalled stream was never cut off"
                 await asyncio.sleep(0.1)
