@@ -825,13 +825,19 @@ def machine_line(profile: Profile, started: float) -> str:
 
 
 def update_docs(section: str) -> None:
+    """Replace the generated part of the section; a ``### Notes`` subsection written
+    by hand under it is kept."""
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     start = text.find(SECTION + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
         end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end:] if end >= 0 else "\n")
+        end = len(text) if end < 0 else end + 1
+        notes = text.find("\n### Notes", start, end)
+        keep = text[notes + 1 : end] if notes >= 0 else ""
+        text = text[:start] + section + "\n\n" + keep + text[end:]
+        text = text.rstrip("\n") + "\n"
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text(text)
 
