@@ -296,10 +296,16 @@ class EventStreamResponse(Response):
                 buffer=self._buffer,
             ) as feed:
                 topics = self._topics + sorted(set(feed.topics) - set(self._topics))
+                gaps: list[Gap] = []
+                if self._after is not None or self._from_earliest:
+                    # What retention deleted of the replay this stream owes, told
+                    # before the replay (it is read lazily, after these frames).
+                    gaps = await self._hub.gaps(topics, self._after)
                 await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
                 started = True
-                ready = encode_ready(feed.cursor, feed.subscriber_id, topics)
-                await send({"type": "http.response.body", "body": ready, "more_body": True})
+                opening = encode_ready(feed.cursor, feed.subscriber_id, topics)
+                opening += b"".join(encode_gap(gap) for gap in gaps)
+                await send({"type": "http.response.body", "body": opening, "more_body": True})
                 stream = _Stream(feed, send, receive, self._registry.frames)
                 self._registry.add(stream)
                 try:

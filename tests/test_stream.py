@@ -20,6 +20,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from eventhub_log import retention
 from eventhub_log.client import EventStreamClient, StreamEvent, StreamRefused
 from eventhub_log.store import queries
 from eventhub_log.store.database import Database, open_database
@@ -205,6 +206,42 @@ async def test_resume_by_header_by_query_and_from_earliest(server: Server) -> No
             ready, event = await take(events, 2)
             assert ready.id == ids[4]
             assert data(event)["seq"] == 5
+
+
+async def test_gap_is_announced_where_retention_removed_what_a_resume_needs(
+    server: Server, database: Database
+) -> None:
+    async with httpx.AsyncClient(timeout=20) as client:
+        ids = [(await publish(client, server.url, "kept", n))["id"] for n in range(6)]
+        await publish(client, server.url, "untouched", "x")
+        pruned = await retention.prune(database, keep=2, topics=["kept"])
+        assert [(p.topic, p.pruned_through_seq) for p in pruned] == [("kept", 4)]
+
+        async with sse(client, server.url, ["kept", "untouched"], from_="earliest") as events:
+            ready, gap, *received = await take(events, 5)
+        assert ready.event == "ready"
+        assert gap.event == "gap"
+        assert data(gap) == {"topic": "kept", "from_seq": 1, "to_seq": 4}
+        assert [(data(e)["topic"], data(e)["seq"]) for e in received] == [
+            ("kept", 5),
+            ("kept", 6),
+            ("untouched", 1),
+        ]
+
+        async with sse(client, server.url, ["kept"], headers={"Last-Event-ID": ids[1]}) as events:
+            ready, gap, event = await take(events, 3)
+        assert gap.event == "gap"
+        assert data(gap)["topic"] == "kept"
+        assert data(gap)["from_seq"] <= 3  # may start early, never late
+        assert data(gap)["to_seq"] == 4
+        assert data(event)["seq"] == 5
+
+        # Resuming after the pruned range owes nothing that is gone: no gap.
+        async with sse(client, server.url, ["kept"], headers={"Last-Event-ID": ids[4]}) as events:
+            ready, event = await take(events, 2)
+        assert ready.event == "ready"
+        assert event.event == "message"
+        assert data(event)["seq"] == 6
 
 
 REFUSALS: list[tuple[str, dict[str, str], int, str]] = [
