@@ -207,7 +207,7 @@ class EventHub:
                 instance_id=None if owner is None else self.instance_id,
             )
             position = await queries.record_subscription_change(
-                conn, subscriber_id, topic, added=True, now=_now()
+                conn, self.database.dialect, subscriber_id, topic, added=True, now=_now()
             )
         self._dispatcher.add_topic(subscriber_id, topic, position)
         self._subscriptions_changed()
@@ -221,7 +221,7 @@ class EventHub:
             removed = await queries.remove_subscription(conn, topic, subscriber_id)
             if removed:
                 await queries.record_subscription_change(
-                    conn, subscriber_id, topic, added=False, now=_now()
+                    conn, self.database.dialect, subscriber_id, topic, added=False, now=_now()
                 )
         self._dispatcher.remove_topic(subscriber_id, topic)
         if removed:
@@ -236,7 +236,7 @@ class EventHub:
             removed = await queries.remove_subscriber(conn, subscriber_id)
             if removed:
                 await queries.record_subscription_change(
-                    conn, subscriber_id, None, added=False, now=_now()
+                    conn, self.database.dialect, subscriber_id, None, added=False, now=_now()
                 )
         for feed in self._dispatcher.feeds_of(subscriber_id):
             for topic in list(feed.topics):

@@ -2,22 +2,21 @@
 
 One raw asyncpg connection per hub, outside the SQLAlchemy pool: a pooled
 connection would be handed to other work, and LISTEN belongs to a session. It
-listens on two channels and also sends this instance's signals, so a hub costs
-the database one extra connection.
+listens on two channels (``store/postgresql.py`` names them):
 
-- ``eventhub_log_events``: the payload is a log position (a cursor), never an
-  event, so NOTIFY's 8,000-byte payload limit never matters. A listener whose
-  dispatcher has already delivered that far ignores it (its own signals come
-  back to it too); otherwise it reads the log from where it is.
-- ``eventhub_log_subscriptions``: no payload; the ``subscription_changes`` table
-  says what changed.
+- events: the payload is a log position (a cursor), never an event, so
+  NOTIFY's 8,000-byte payload limit never matters. A listener whose dispatcher
+  has already delivered that far ignores it (its own signals come back to it
+  too); otherwise it reads the log from where it is.
+- subscriptions: no payload; the ``subscription_changes`` table says what changed.
 
-Signals are sent after the commit, coalesced: while one NOTIFY is in flight,
-further commits only raise the position the next one carries. When the
-connection drops (the server restarted, the network failed) the notifier
-reconnects with backoff and listens again, and then wakes its hub once, because
-whatever was published meanwhile sent signals nobody heard. A periodic ``SELECT
-1`` finds connections that died silently.
+Nothing is sent from here: every write transaction sends its own NOTIFY
+(``postgresql.signal_appended``, and inside the writer's append statement), so
+the signal goes out with the commit, costs no round trip, and comes in commit
+order. When the connection drops (the server restarted, the network failed) the
+notifier reconnects with backoff and listens again, and then wakes its hub
+once, because whatever was published meanwhile sent signals nobody heard. A
+periodic ``SELECT 1`` finds connections that died silently.
 """
 
 from __future__ import annotations
@@ -31,12 +30,10 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import URL, make_url
 
+from ..store.postgresql import EVENTS_CHANNEL, SUBSCRIPTIONS_CHANNEL
 from .base import Notifier
 
 log = logging.getLogger(__name__)
-
-EVENTS_CHANNEL = "eventhub_log_events"
-SUBSCRIPTIONS_CHANNEL = "eventhub_log_subscriptions"
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -64,9 +61,7 @@ class PostgresNotifier(Notifier):
         self._reconnect_delays = tuple(reconnect_delays)
         self._wake: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
-        self._signal = asyncio.Event()
-        self._position_to_send = 0
-        self._subscriptions_to_send = False
+        self._lost = asyncio.Event()
         #: Set while LISTEN is in effect (tests and readiness checks wait on it).
         self.listening = asyncio.Event()
         #: How many times a connection was (re-)established.
@@ -82,14 +77,6 @@ class PostgresNotifier(Notifier):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    def published(self, position: int) -> None:
-        self._position_to_send = max(self._position_to_send, position)
-        self._signal.set()
-
-    def subscriptions_changed(self) -> None:
-        self._subscriptions_to_send = True
-        self._signal.set()
 
     # The connection --------------------------------------------------------
 
@@ -121,13 +108,9 @@ class PostgresNotifier(Notifier):
                 await _close(conn)
 
     async def _serve(self, conn: asyncpg.Connection[Any]) -> None:
-        lost = asyncio.Event()
-
-        def terminated(_conn: Any) -> None:
-            lost.set()
-            self._signal.set()  # end the wait below now, not at the next check
-
-        conn.add_termination_listener(terminated)
+        lost = self._lost
+        lost.clear()
+        conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(EVENTS_CHANNEL, self._heard_event)
         await conn.add_listener(SUBSCRIPTIONS_CHANNEL, self._heard_subscriptions)
         self.connections += 1
@@ -137,33 +120,9 @@ class PostgresNotifier(Notifier):
         self._on_subscriptions()
         while not lost.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._signal.wait(), self._check_interval)
-            if lost.is_set():
-                return
-            if self._signal.is_set():
-                self._signal.clear()
-                await self._send(conn)
-            else:
+                await asyncio.wait_for(lost.wait(), self._check_interval)
+            if not lost.is_set():
                 await conn.fetchval("SELECT 1", timeout=self._check_interval)
-
-    async def _send(self, conn: asyncpg.Connection[Any]) -> None:
-        position, self._position_to_send = self._position_to_send, 0
-        subscriptions, self._subscriptions_to_send = self._subscriptions_to_send, False
-        try:
-            # Subscription changes first: a listener then applies a subscribe
-            # before it reads events published after it.
-            if subscriptions:
-                await conn.execute("SELECT pg_notify($1, '')", SUBSCRIPTIONS_CHANNEL, timeout=5)
-            if position:
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)", EVENTS_CHANNEL, str(position), timeout=5
-                )
-        except BaseException:
-            # Keep them for the next connection (the others' polls cover the gap).
-            self.published(position)
-            if subscriptions:
-                self.subscriptions_changed()
-            raise
 
     # Listener callbacks (run in the event loop, must not block) --------------
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
@@ -13,6 +14,23 @@ from sqlalchemy.sql import Insert
 from ..errors import DatabaseUnavailable, StorageError
 from ..model import Event, PendingEvent
 from .tables import subscriptions, topics
+
+# LISTEN/NOTIFY channels (notify/postgres.py listens). Every write transaction
+# that appends events or changes subscriptions sends its NOTIFY itself: PostgreSQL
+# delivers it at the commit, in commit order, and never for a rollback, with no
+# round trip of its own. The payload is a log position, never an event.
+EVENTS_CHANNEL = "eventhub_log_events"
+SUBSCRIPTIONS_CHANNEL = "eventhub_log_subscriptions"
+
+
+async def signal_appended(conn: AsyncConnection, position: int) -> None:
+    """In the transaction that appended up to ``position``: tell the listeners."""
+    await conn.execute(select(func.pg_notify(EVENTS_CHANNEL, str(position))))
+
+
+async def signal_subscriptions(conn: AsyncConnection) -> None:
+    """In a transaction that changed subscriptions: tell the listeners."""
+    await conn.execute(select(func.pg_notify(SUBSCRIPTIONS_CHANNEL, "")))
 
 
 def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) -> None:
@@ -50,8 +68,9 @@ def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
 # or COMMIT. Every other CTE reads ``head``, so its UPDATE of ``log_head`` runs
 # (and takes the row lock) before any ``topics`` row is touched: the lock order
 # of ``queries.append`` (commit order, and no deadlock on ``topics`` rows), with
-# seqs and positions numbered in SQL from the new head.
-_APPEND = """
+# seqs and positions numbered in SQL from the new head. ``notified`` sends the
+# NOTIFY (see ``signal_appended``); the final join makes it run exactly once.
+_APPEND = f"""
 WITH input AS (
     SELECT topic, payload, exclude_id, ord
     FROM unnest($1::text[], $2::text[], $3::text[])
@@ -67,6 +86,8 @@ WITH input AS (
         SET last_seq = t.last_seq + excluded.last_seq,
             last_published_at = excluded.last_published_at
     RETURNING t.topic, t.last_seq
+), notified AS (
+    SELECT pg_notify('{EVENTS_CHANNEL}', position::text) FROM head
 )
 INSERT INTO events (topic, seq, position, payload, exclude_id, published_at)
 SELECT i.topic,
@@ -76,6 +97,7 @@ FROM input i
     JOIN bumped b ON b.topic = i.topic
     JOIN counts c ON c.topic = i.topic
     CROSS JOIN head h
+    CROSS JOIN notified
 RETURNING position, seq
 """
 

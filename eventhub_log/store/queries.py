@@ -80,6 +80,7 @@ async def append(
             for ev in stored
         ],
     )
+    await dialect.signal_appended(conn, head)
     return stored
 
 
@@ -279,6 +280,7 @@ async def topic_subscribers(conn: AsyncConnection, topic: str) -> list[str]:
 
 async def record_subscription_change(
     conn: AsyncConnection,
+    dialect: ModuleType,
     subscriber_id: str,
     topic: str | None,
     *,
@@ -308,6 +310,7 @@ async def record_subscription_change(
             changed_at=now,
         )
     )
+    await dialect.signal_subscriptions(conn)
     return int(head)
 
 

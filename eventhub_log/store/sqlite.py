@@ -30,6 +30,14 @@ from .tables import events, subscriptions, topics
 WRITE_OPTION = "eventhub_write"
 
 
+async def signal_appended(conn: AsyncConnection, position: int) -> None:
+    """No signal on SQLite: other processes poll the head."""
+
+
+async def signal_subscriptions(conn: AsyncConnection) -> None:
+    """No signal on SQLite: other processes poll ``subscription_changes``."""
+
+
 def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) -> None:
     sync_engine = engine.sync_engine
 
