@@ -703,6 +703,13 @@ def fan_out_table(runs: list[FanOut], profile: Profile) -> str:
     notes = []
     for run in runs:
         extra = f"; stream errors: {run.errors}" if run.errors else ""
+        for phase in run.phases:
+            refused = {k: v for k, v in phase.published.statuses.items() if k != 201}
+            if refused or phase.published.errors:
+                extra += (
+                    f"; {phase.name}: publish answers other than 201 {refused}, "
+                    f"{phase.published.errors} connection errors"
+                )
         notes.append(
             f"{run.name}: {run.streams} streams connected in {run.connect_seconds:.1f} s, "
             f"while publishing and draining, readers used {run.readers_cpu:.1f} CPU s over "
