@@ -239,6 +239,8 @@ async def test_listener_reconnects_after_its_connection_is_killed(database_url: 
             assert time.monotonic() < deadline, "the listener did not come back"
             await asyncio.sleep(0.02)
         await asyncio.wait_for(listener.listening.wait(), 10)
+        await asyncio.sleep(0.5)
+        assert listener.connections == 2  # one reconnect, no churn
         sent = time.monotonic()
         await elsewhere.publish("news", None, "after the reconnect")
         event = await feed.next(timeout=5)

@@ -61,7 +61,6 @@ class PostgresNotifier(Notifier):
         self._reconnect_delays = tuple(reconnect_delays)
         self._wake: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
         #: Set while LISTEN is in effect (tests and readiness checks wait on it).
         self.listening = asyncio.Event()
         #: How many times a connection was (re-)established.
@@ -108,8 +107,7 @@ class PostgresNotifier(Notifier):
                 await _close(conn)
 
     async def _serve(self, conn: asyncpg.Connection[Any]) -> None:
-        lost = self._lost
-        lost.clear()
+        lost = asyncio.Event()  # this connection's own: a closed one may still call back
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(EVENTS_CHANNEL, self._heard_event)
         await conn.add_listener(SUBSCRIPTIONS_CHANNEL, self._heard_subscriptions)
