@@ -710,10 +710,12 @@ def fan_out_table(runs: list[FanOut], profile: Profile) -> str:
                     f"; {phase.name}: publish answers other than 201 {refused}, "
                     f"{phase.published.errors} connection errors"
                 )
+        readers_cpu = sum(phase.cpu.get("clients", 0.0) for phase in run.phases)
+        wall = sum(phase.cpu.get("wall", 0.0) for phase in run.phases) or 1.0
         notes.append(
-            f"{run.name}: {run.streams} streams connected in {run.connect_seconds:.1f} s, "
-            f"while publishing and draining, readers used {run.readers_cpu:.1f} CPU s over "
-            f"{run.seconds:.1f} s ({100 * run.readers_cpu / run.seconds:.0f}% of one core), "
+            f"{run.name}: {run.streams} streams connected in {run.connect_seconds:.1f} s; "
+            f"while publishing and draining, the readers used {readers_cpu:.1f} CPU s over "
+            f"{wall:.1f} s ({100 * readers_cpu / wall:.0f}% of one core); "
             f"{run.reconnects} reconnects{extra}."
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
