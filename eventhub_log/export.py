@@ -6,26 +6,24 @@ import json
 
 from .model import Event, format_timestamp
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 CSV_HEADER = ("topic", "seq", "id", "published_at", "exclude", "payload")
 
 
 def ndjson_line(event: Event) -> str:
     """``{"topic","seq","id","payload","published_at","exclude"}`` and a newline.
 
-    The payload is spliced in as the JSON text the log holds, not decoded and
-    encoded again: an export of millions of events should cost one pass.
+    Written by hand: the payload is spliced in as the JSON text the log holds, not
+    decoded and encoded again, and topics (letters, digits and ``:_-.@/``), ids and
+    timestamps never need escaping; only ``exclude`` goes through the encoder. An
+    export of millions of events should cost one pass.
     """
-    head = json.dumps(
-        {"topic": event.topic, "seq": event.seq, "id": event.id},
-        separators=(",", ":"),
-        ensure_ascii=False,
+    exclude = "null" if event.exclude_id is None else _ENCODER.encode(event.exclude_id)
+    return (
+        f'{{"topic":"{event.topic}","seq":{event.seq},"id":"{event.id}",'
+        f'"payload":{event.payload_json},"published_at":"{format_timestamp(event.published_at)}",'
+        f'"exclude":{exclude}}}\n'
     )
-    tail = json.dumps(
-        {"published_at": format_timestamp(event.published_at), "exclude": event.exclude_id},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return f'{head[:-1]},"payload":{event.payload_json},{tail[1:]}\n'
 
 
 def csv_row(event: Event) -> tuple[str, int, str, str, str, str]:

@@ -165,8 +165,11 @@ async def history(conn: AsyncConnection, topic: str, **filters: Any) -> list[Eve
 
 async def stream_history(conn: AsyncConnection, topic: str, **filters: Any) -> AsyncIterator[Event]:
     result = await conn.stream(history_query(topic, **filters).execution_options(yield_per=500))
-    async for row in result:
-        yield _event(row)
+    # By partition: iterating the result row by row costs a greenlet switch a row,
+    # which made an export three times slower than paging through history.
+    async for partition in result.partitions():
+        for row in partition:
+            yield _event(row)
 
 
 async def event_at(conn: AsyncConnection, position: int) -> Event | None:
