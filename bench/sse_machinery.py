@@ -1,6 +1,7 @@
 """Which SSE machinery for ``GET /v1/stream``? The same hub behind three responses.
 
-    .venv/bin/python bench/sse_machinery.py [--streams 200] [--events 2000]
+    .venv/bin/python bench/sse_machinery.py [--streams 200] [--events 2000] [--rounds 2]
+    .venv/bin/python bench/sse_machinery.py --in-process   # the write loops alone
 
 Each variant is the real app (``api.app.create_app``) with only the stream route
 swapped, run as its own uvicorn process over a fresh SQLite file:
@@ -243,10 +244,92 @@ def run(kind: str, streams: int, events: int) -> dict[str, float]:
     }
 
 
+# In process: the response machinery alone, no sockets ---------------------------------
+
+
+async def _in_process(kind: str, streams: int, events: int, batch: int = 50) -> float:
+    """CPU seconds per 100,000 delivered events of the write loops alone, with a
+    ``send`` that does nothing: what each machinery costs in Python."""
+    import datetime
+
+    import api.sse as sse
+    from eventhub_log.delivery import Dispatcher, Feed
+    from eventhub_log.model import Event
+
+    async def no_log(*_: Any) -> list[Event]:
+        return []
+
+    async def head() -> int:
+        return 0
+
+    async def send(_: Any) -> None:
+        return None
+
+    dispatcher = Dispatcher(no_log, head)
+    feeds = []
+    for n in range(streams):
+        feed = Feed(no_log, f"s{n}", ["bench"], max_buffer=events)
+        dispatcher.add(feed)
+        feed.start(0, replay=False)
+        feeds.append(feed)
+    cache = sse.FrameCache()
+
+    async def raw(feed: Feed, encode: Any) -> None:
+        while True:
+            event = await feed.next()
+            assert event is not None
+            chunk = encode(event)
+            more = feed.next_nowait()
+            if more is not None:
+                parts = [chunk, encode(more)]
+                while len(parts) < sse.MAX_BATCH and (more := feed.next_nowait()) is not None:
+                    parts.append(encode(more))
+                chunk = b"".join(parts)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def streaming(feed: Feed) -> None:
+        async def frames() -> Any:
+            while True:
+                event = await feed.next(15.0)
+                yield sse.PING if event is None else sse.encode_event(event)
+
+        async for chunk in frames():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    if kind == "raw":
+        tasks = [asyncio.create_task(raw(feed, cache.frame)) for feed in feeds]
+    elif kind == "raw-nocache":
+        tasks = [asyncio.create_task(raw(feed, sse.encode_event)) for feed in feeds]
+    else:
+        tasks = [asyncio.create_task(streaming(feed)) for feed in feeds]
+    await asyncio.sleep(0)
+    now = datetime.datetime.now(datetime.UTC)
+    payload = '{"type":"message","text":"hello, benchmark"}'
+    started = time.process_time()
+    position = 0
+    for _ in range(events // batch):
+        page = []
+        for _ in range(batch):
+            position += 1
+            page.append(Event("bench", position, position, now, payload))
+        dispatcher.deliver(page)
+        await asyncio.sleep(0)
+    while any(feed.position < position for feed in feeds):  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    cpu = time.process_time() - started
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return cpu * 100_000 / (streams * events)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument(
+        "--in-process", action="store_true", help="the write loops alone, with no sockets"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -255,6 +338,14 @@ def main() -> None:
     if args.serve:
         sys.path.insert(0, str(ROOT))
         serve(args.serve, args.port)
+        return
+    if args.in_process:
+        print(f"In process, no sockets: {args.streams} feeds, {args.events} events\n")
+        print("| machinery | CPU s per 100k delivered |")
+        print("| --- | ---: |")
+        for kind in [kind for _ in range(args.rounds) for kind in VARIANTS[:3]]:
+            cpu = asyncio.run(_in_process(kind, args.streams, args.events))
+            print(f"| {kind} | {cpu:.3f} |", flush=True)
         return
     print(f"{args.streams} streams on one topic, {args.events} events published in batches\n")
     print("| machinery | delivered events/s | time (s) | server CPU s per 100k delivered |")
