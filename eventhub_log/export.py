@@ -10,8 +10,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 CSV_HEADER = ("topic", "seq", "id", "published_at", "exclude", "payload")
 
 
-def ndjson_line(event: Event) -> str:
-    """``{"topic","seq","id","payload","published_at","exclude"}`` and a newline.
+def event_json(event: Event) -> str:
+    """``{"topic","seq","id","payload","published_at","exclude"}`` as JSON text.
 
     Written by hand: the payload is spliced in as the JSON text the log holds, not
     decoded and encoded again, and topics (letters, digits and ``:_-.@/``), ids and
@@ -22,8 +22,12 @@ def ndjson_line(event: Event) -> str:
     return (
         f'{{"topic":"{event.topic}","seq":{event.seq},"id":"{event.id}",'
         f'"payload":{event.payload_json},"published_at":"{format_timestamp(event.published_at)}",'
-        f'"exclude":{exclude}}}\n'
+        f'"exclude":{exclude}}}'
     )
+
+
+def ndjson_line(event: Event) -> str:
+    return event_json(event) + "\n"
 
 
 def csv_row(event: Event) -> tuple[str, int, str, str, str, str]:
