@@ -79,16 +79,24 @@ async def test_feed_started_mid_stream_sees_every_later_event_once(hub: EventHub
     topics = ["mid:0", "mid:1", "mid:2"]
     watched = {"mid:0", "mid:1"}
     publishing = asyncio.Event()
+    feed_open = asyncio.Event()
 
     async def publisher(task: int) -> None:
-        for n in range(60):
+        # Publish all along: before the feed opens, while it opens, and 30 more
+        # events each once it is open.
+        n = after_open = 0
+        while after_open < 30:
             await hub.publish(topics[(task + n) % 3], None, {"task": task, "n": n})
+            n += 1
             if n == 10:
                 publishing.set()
+            if feed_open.is_set():
+                after_open += 1
 
     publishers = [asyncio.create_task(publisher(task)) for task in range(10)]
     await publishing.wait()
     async with hub.stream(watched, "mid-reader") as feed:
+        feed_open.set()
         start = int(feed.cursor)
         assert start > 0  # really mid-stream: events came before
         async with collecting(feed) as collector:
@@ -96,11 +104,11 @@ async def test_feed_started_mid_stream_sees_every_later_event_once(hub: EventHub
             expected = [
                 event
                 for topic in watched
-                for event in await hub.history(topic, limit=1000)
+                async for event in hub.export(topic)
                 if event.position > start
             ]
             expected.sort(key=lambda event: event.position)
-            assert expected, "the publishers finished before the feed opened"
+            assert len(expected) >= 200  # 10 tasks x 30 events, two topics in three
             received = await collector.wait_for(len(expected))
             assert [e.id for e in received] == [e.id for e in expected]
             assert received == expected
