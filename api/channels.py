@@ -213,6 +213,8 @@ async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
             }
         )
     )
+    for gap in await channel.gaps():
+        await conn.send(feed_frame(gap))
     pump = asyncio.create_task(_pump_socket(channel.feed, conn), name="channel pump")
     try:
         async for message in conn.frames():
@@ -290,7 +292,7 @@ class ChannelEventStream(Response):
         self,
         stack: AsyncExitStack,
         channel: ChannelConnection,
-        outbox: asyncio.Queue[bytes],
+        outbox: _Outbox,
         heartbeat: float,
     ) -> None:
         super().__init__(
@@ -322,13 +324,16 @@ class ChannelEventStream(Response):
     async def _write(self, send: Send) -> None:
         feed = self.channel.feed
         assert feed is not None
+        # What was said before the response started (the connect handler's
+        # messages, the welcome, gaps) goes out first, in one write.
+        await send({"type": "http.response.body", "body": self.outbox.start(), "more_body": True})
         pump = asyncio.create_task(_pump_sse(feed, self.outbox))
         loop = asyncio.get_running_loop()
         last_write = loop.time()
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(self.outbox.get(), SHUTDOWN_CHECK)
+                    chunk = await asyncio.wait_for(self.outbox.queue.get(), SHUTDOWN_CHECK)
                 except TimeoutError:
                     if _server_exiting():
                         break  # end cleanly; the client resumes by Last-Event-ID
@@ -346,7 +351,26 @@ class ChannelEventStream(Response):
                 await pump
 
 
-async def _pump_sse(feed: Feed, outbox: asyncio.Queue[bytes]) -> None:
+class _Outbox:
+    """Chunks for one channel stream: unbounded until the response starts (nothing
+    drains it yet, and a connect handler must not block on it), bounded after."""
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
+        self._early: list[bytes] | None = []
+
+    async def put(self, chunk: bytes) -> None:
+        if self._early is not None:
+            self._early.append(chunk)
+        else:
+            await self.queue.put(chunk)
+
+    def start(self) -> bytes:
+        early, self._early = self._early or [], None
+        return b"".join(early)
+
+
+async def _pump_sse(feed: Feed, outbox: _Outbox) -> None:
     async for event in feed:
         await outbox.put(_sse_event(event))
     await outbox.put(b"")
@@ -377,7 +401,7 @@ async def channel_events(request: Request, name: str, channel_id: str) -> Respon
     hub: EventHub = request.app.state.hub
     settings: Settings = request.app.state.settings
     route = _route(request.app, name)
-    outbox: asyncio.Queue[bytes] = asyncio.Queue(SSE_OUTBOX)
+    outbox = _Outbox(SSE_OUTBOX)
 
     async def send(data: Any) -> None:
         await outbox.put(_sse("message", json.dumps({"data": data})))
@@ -407,7 +431,13 @@ async def channel_events(request: Request, name: str, channel_id: str) -> Respon
             raise ApiError(status, code, message) from None
         raise
     welcome = {"channel_id": channel_id, "id": channel.start_cursor, "data": channel.welcome}
-    outbox.put_nowait(_sse("welcome", json.dumps(welcome), channel.start_cursor))
+    await outbox.put(_sse("welcome", json.dumps(welcome), channel.start_cursor))
+    try:
+        for gap in await channel.gaps():
+            await outbox.put(_sse_event(gap))
+    except BaseException:
+        await stack.aclose()
+        raise
     return ChannelEventStream(stack, channel, outbox, settings.heartbeat_interval)
 
 

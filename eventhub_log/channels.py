@@ -37,7 +37,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, get_type_hints
 
@@ -46,7 +46,7 @@ import pydantic
 from .delivery import Feed
 from .errors import EventHubError, InvalidCursor, ValidationError
 from .hub import EventHub, _shielded
-from .model import parse_cursor
+from .model import Gap, parse_cursor
 from .validation import validate_subscriber
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,13 @@ class ChannelConnection:
         self.welcome: Any = None
         self.feed: Feed | None = None
         self.start_cursor = "0"
+        self.resumed = False
+
+    async def gaps(self) -> list[Gap]:
+        """What retention deleted that this reconnection was owed (send before the events)."""
+        if not self.resumed or self.feed is None:
+            return []
+        return await self.hub.gaps(sorted(self.feed.topics), self.start_cursor)
 
     async def handle(self, message: Any) -> Reply | None:
         """Run the handler a message names. Raises ``InvalidMessage`` (nothing ran),
@@ -323,21 +330,26 @@ async def open_channel(
         start = str(position)
     else:
         start = str(head)
-    session = await route.session_for(info or ConnectionInfo(channel_id))
+    session: Session = await _run(route.session_for(info or ConnectionInfo(channel_id)), "session")
     channel: Channel[Any] = Channel(route.name, channel_id, opening_data, send)
     connection = ChannelConnection(hub, route, channel, session)
+    stack = AsyncExitStack()
     try:
         if route.connect_handler is not None:
             connection.welcome = await _run(route.connect_handler(hub, channel, session), "connect")
         # The rows the connect handler made become this feed's own: its cleanup
         # removes them, and a crashed server's rows are swept with its instance.
         topics = await hub.subscriptions(channel_id)
+        feed = await stack.enter_async_context(
+            hub.stream(topics, channel_id, after=start, buffer=buffer)
+        )
     except BaseException:
         await _shielded(_forget(hub, channel_id))
         raise
-    async with hub.stream(topics, channel_id, after=start, buffer=buffer) as feed:
+    async with stack:
         connection.feed = feed
         connection.start_cursor = start
+        connection.resumed = after is not None
         try:
             yield connection
         finally:

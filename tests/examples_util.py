@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -85,8 +86,11 @@ class SseReader:
         self._lines = response.aiter_lines()
         self.last_id: str | None = None
 
-    async def next(self) -> tuple[str | None, str | None, Any]:
+    async def next(self, timeout: float = 10.0) -> tuple[str | None, str | None, Any]:
         """``(event name, id, decoded data)`` of the next message (pings skipped)."""
+        return await asyncio.wait_for(self._next(), timeout)
+
+    async def _next(self) -> tuple[str | None, str | None, Any]:
         fields: dict[str, str] = {}
         async for line in self._lines:
             if line == "":

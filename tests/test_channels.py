@@ -27,6 +27,7 @@ from eventhub_log.channels import (
 )
 
 from .examples_util import ExampleServer, sse
+from .test_ws import prune
 from .wsclient import ws_connect
 
 # The library -------------------------------------------------------------------
@@ -408,3 +409,27 @@ async def test_sigterm_ends_open_channels_promptly(
     async with EventHub(database_url) as hub:
         assert await hub.subscriptions("term-ws") == []
         assert await hub.subscriptions("term-sse") == []
+
+
+async def test_channel_resume_past_retention_gets_a_gap(
+    app_server: ExampleServer, client: httpx.AsyncClient, database_url: str
+) -> None:
+    async with EventHub(database_url) as hub:
+        for n in range(4):
+            await hub.publish("t:test", None, n)
+    await asyncio.to_thread(prune, database_url, "t:test", 1)
+    base = f"{app_server.url}/v1/channels/testing/gappy"
+    async with sse(client, base, headers={"Last-Event-ID": "0"}) as stream:
+        assert (await stream.next())[0] == "message"
+        assert (await stream.next())[0] == "welcome"
+        assert await stream.next() == (
+            "gap",
+            None,
+            {"topic": "t:test", "from_seq": 1, "to_seq": 3},
+        )
+        _, _, event = await stream.next()
+        assert event["seq"] == 4
+    async with ws_connect(f"{app_server.ws}/v1/channels/testing/gappy-ws?last_event_id=0") as ws:
+        await ws.recv_type("welcome")
+        assert await ws.recv() == {"type": "gap", "topic": "t:test", "from_seq": 1, "to_seq": 3}
+        assert (await ws.recv())["seq"] == 4

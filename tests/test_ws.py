@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -336,3 +338,31 @@ async def test_rows_of_a_crashed_server_are_swept(database_url: str) -> None:
         await wait_rows_gone(database_url, "crash", within=10)
     finally:
         second.kill()
+
+
+def prune(database_url: str, topic: str, keep: int) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "eventhub_log.cli", "prune", "--keep", str(keep), "--topic", topic,
+         "--database-url", database_url],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+async def test_resume_past_retention_gets_a_gap_frame(server: Server, database_url: str) -> None:
+    async with ws_connect(url(server)) as pub:
+        await pub.recv_type("ready")
+        for n in range(5):
+            await pub.request({"op": "publish", "topic": "old", "payload": n})
+    await asyncio.to_thread(prune, database_url, "old", 2)
+    async with ws_connect(url(server, "topic=old&last_event_id=0")) as ws:
+        await ws.recv_type("ready")
+        gap = await ws.recv()
+        assert gap == {"type": "gap", "topic": "old", "from_seq": 1, "to_seq": 3}
+        assert [e["seq"] for e in await ws.events(2)] == [4, 5]
+    async with ws_connect(url(server, "topic=old")) as ws:
+        await ws.recv_type("ready")
+        ack = await ws.request({"op": "resume", "after": "0"})
+        assert ack["type"] == "ack"
+        assert (await ws.recv())["type"] == "gap"
+        assert [e["payload"] for e in await ws.events(2)] == [3, 4]

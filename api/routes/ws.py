@@ -141,6 +141,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                     }
                 )
             )
+            after = query.get("last_event_id") or query.get("after")
+            if after is not None or query.get("from") == "earliest":
+                await _send_gaps(hub, connection, feed, after)
             stream.start()
             async for frame in _frames(connection):
                 await _handle(frame, hub, stream, connection)
@@ -148,6 +151,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             pass
         finally:
             await stream.close()
+
+
+async def _send_gaps(hub: EventHub, conn: Connection, feed: Feed, after: str | None) -> None:
+    """Before a replay: what retention deleted that this resume was owed."""
+    for gap in await hub.gaps(sorted(feed.topics), after):
+        await conn.send(feed_frame(gap))
 
 
 async def _frames(connection: Connection) -> AsyncIterator[dict[str, Any]]:
@@ -185,8 +194,9 @@ async def _handle(frame: dict[str, Any], hub: EventHub, stream: _Stream, conn: C
             if not isinstance(after, str):
                 raise lib.InvalidCursor('resume needs "after": an event id sent by this server')
             topics = sorted(stream.feed.topics) if stream.feed is not None else []
-            await stream.open(topics, after=after)
+            feed = await stream.open(topics, after=after)
             await _ack(conn, op, ref, after=after, topics=topics)
+            await _send_gaps(hub, conn, feed, after)
             stream.start()
     except lib.EventHubError as exc:
         if isinstance(exc, lib.ValidationError):
