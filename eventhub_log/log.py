@@ -63,8 +63,8 @@ class GroupCommitWriter:
         self._closing = False
         # SQLite: the writer keeps one pooled connection while it runs. Taking it
         # from the pool and giving it back for every batch cost a further round
-        # trip to the driver's thread (the pool's reset), about a third of a
-        # lone publisher's commit.
+        # trip to the driver's thread (the pool's reset): a fifth of a lone
+        # publisher's wait.
         self._connection: AsyncConnection | None = None
 
     def start(self) -> None:
