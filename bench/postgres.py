@@ -323,12 +323,17 @@ EXPLANATION = """\
   CPU (here two cores for everything) runs out.
 
 The PostgreSQL writer appends a batch in one statement (positions and seqs
-numbered in SQL from the `log_head` bump, which takes the row lock first) and
-the pool does not pre-ping (asyncpg's ping was three round trips a checkout);
-before those two changes the same run gave 23% of raw. On this shared machine
-the latency tail follows the other load: p99 ranged from about 25 ms to 250 ms
-between runs the same hour, with stalls of a whole event loop showing up as
-runs of late events; p50 stayed between 7 and 21 ms.
+numbered in SQL from the `log_head` bump, which takes the row lock first, and
+the NOTIFY sent with the commit), and the pool does not pre-ping (asyncpg's ping
+was three round trips a checkout); before those changes the same run gave 23%
+of raw. All of these figures come from a 2-core machine that other work kept at
+a load average of 5 to 12, and they move with it. Over eight runs in one
+evening after the changes: EventHub 48% to 99% of raw; cross-instance p99 from
+26 ms to 243 ms (p50 7 to 36 ms), the tail made of whole-process stalls that
+show up as runs of late events, one after another; two publishing instances
+0.45x to 1.81x one instance, since both compete for the same two cores with
+the database (the `log_head` lock is held for one statement and its commit per
+batch, so a second instance adds throughput when there is CPU to spare).
 """
 
 
