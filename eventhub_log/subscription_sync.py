@@ -12,7 +12,10 @@ lost signal only delays.
 
 The change's log position makes an added topic exact: the feed takes that
 topic's events after the position, reading them from the log if they already
-went by (``Feed.add_topic``).
+went by (``Feed.add_topic``). The instance holding the stream also takes the
+new row over, as a subscribe answered next to the stream does: it then goes when
+the stream closes, and with this instance if it dies, instead of being owned by
+nobody and outliving a crash.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ PAGE = 500
 
 
 class SubscriptionSync:
-    def __init__(self, database: Database, dispatcher: Dispatcher, interval: float) -> None:
+    def __init__(
+        self, database: Database, dispatcher: Dispatcher, interval: float, instance_id: str
+    ) -> None:
         self._database = database
+        self._instance_id = instance_id
         self._dispatcher = dispatcher
         self._interval = interval
         self._applied = 0
@@ -86,15 +92,19 @@ class SubscriptionSync:
 
     async def _apply_new(self) -> None:
         self.pending = False
+        claims: list[tuple[str, str, str]] = []
         while True:
             async with self._database.read() as conn:
                 changes = await queries.subscription_changes_after(conn, self._applied, PAGE)
             for change in changes:
                 self._applied = change.id
-                if not self._dispatcher.feeds_of(change.subscriber_id):
+                feeds = self._dispatcher.feeds_of(change.subscriber_id)
+                if not feeds:
                     continue
                 if change.added and change.topic is not None:
                     self._dispatcher.add_topic(change.subscriber_id, change.topic, change.position)
+                    owner = min(feed.connection_id for feed in feeds)
+                    claims.append((change.subscriber_id, change.topic, owner))
                 elif change.topic is not None:
                     self._dispatcher.remove_topic(change.subscriber_id, change.topic)
                 else:
@@ -102,4 +112,10 @@ class SubscriptionSync:
                         for topic in list(feed.topics):
                             self._dispatcher.remove_topic(change.subscriber_id, topic)
             if len(changes) < PAGE:
-                return
+                break
+        if claims:
+            async with self._database.write() as conn:
+                for subscriber_id, topic, connection_id in claims:
+                    await queries.claim_subscription(
+                        conn, subscriber_id, topic, connection_id, self._instance_id
+                    )

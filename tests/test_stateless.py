@@ -20,10 +20,12 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import select
 
 from eventhub_log import Event, EventHub
 from eventhub_log.notify.postgres import PostgresNotifier, asyncpg_dsn
 from eventhub_log.store import queries
+from eventhub_log.store.tables import subscriptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,6 +172,12 @@ async def test_subscription_change_reaches_a_stream_on_another_instance(
         event = await feed.next(timeout=5)
         assert event is not None
         assert event.payload == "after the subscription"
+        # The row is the stream's now: it goes with the stream, or with this
+        # instance if it dies, rather than being owned by nobody.
+        deadline = time.monotonic() + 5
+        while await _owner(here, "sport", "reader") != here.instance_id:
+            assert time.monotonic() < deadline, "the stream's instance did not take the row"
+            await asyncio.sleep(0.05)
 
         assert await elsewhere.unsubscribe("news", "reader")
         await elsewhere.publish("news", None, "after the unsubscribe")
@@ -182,6 +190,16 @@ async def test_subscription_change_reaches_a_stream_on_another_instance(
         await elsewhere.publish("sport", None, "after removing everything")
         await here.publish("news", None, "nor this")
         assert await feed.next(timeout=1.0) is None
+
+
+async def _owner(hub: EventHub, topic: str, subscriber: str) -> str | None:
+    async with hub.database.read() as conn:
+        rows = await conn.execute(
+            select(subscriptions.c.instance_id).where(
+                subscriptions.c.topic == topic, subscriptions.c.subscriber_id == subscriber
+            )
+        )
+        return rows.scalar_one_or_none()
 
 
 async def test_rows_of_a_killed_instance_are_swept_within_the_bound(database_url: str) -> None:

@@ -263,6 +263,21 @@ async def remove_subscriber(
     return int((await conn.execute(query)).rowcount or 0)
 
 
+async def claim_subscription(
+    conn: AsyncConnection, subscriber_id: str, topic: str, connection_id: str, instance_id: str
+) -> None:
+    """Give a row made with no stream to a stream of that subscriber (see SubscriptionSync)."""
+    await conn.execute(
+        update(subscriptions)
+        .where(
+            subscriptions.c.subscriber_id == subscriber_id,
+            subscriptions.c.topic == topic,
+            subscriptions.c.connection_id.is_(None),
+        )
+        .values(connection_id=connection_id, instance_id=instance_id)
+    )
+
+
 async def subscriber_topics(conn: AsyncConnection, subscriber_id: str) -> list[str]:
     rows = await conn.execute(
         select(subscriptions.c.topic)
