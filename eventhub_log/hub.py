@@ -254,9 +254,7 @@ class EventHub:
 
     async def publish_many(self, items: Iterable[tuple[str, str | None, Any]]) -> list[Event]:
         """Append several ``(topic, exclude_id, payload)`` events atomically, in order."""
-        pending = [_pending(topic, exclude, payload) for topic, exclude, payload in items]
-        if not pending:
-            raise ValidationError("a batch needs at least one event")
+        pending = _pending_batch(items)
         self._require_running()
         return await self._writer.submit(pending)
 
@@ -271,9 +269,7 @@ class EventHub:
         seconds; reusing it for different events raises ``IdempotencyConflict``.
         """
         key = validate_key(idempotency_key)
-        pending = [_pending(topic, exclude, payload) for topic, exclude, payload in items]
-        if not pending:
-            raise ValidationError("a batch needs at least one event")
+        pending = _pending_batch(items)
         self._require_running()
         return await self._writer.submit_keyed(pending, key, request_hash(pending))
 
@@ -602,6 +598,21 @@ class EventHub:
                 connection_id=feed.connection_id,
                 instance_id=self.instance_id,
             )
+
+
+def _pending_batch(items: object) -> list[PendingEvent]:
+    if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+        raise ValidationError("a batch is a list of (topic, exclude_id, payload) tuples")
+    pending = []
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            raise ValidationError(
+                f"each event of a batch is a (topic, exclude_id, payload) tuple, not {item!r:.80}"
+            )
+        pending.append(_pending(*item))
+    if not pending:
+        raise ValidationError("a batch needs at least one event")
+    return pending
 
 
 def _pending(topic: str, exclude_id: str | None, payload: Any) -> PendingEvent:

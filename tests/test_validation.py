@@ -193,3 +193,22 @@ async def test_using_the_hub_after_close_raises(database_url: str) -> None:
         await hub.publish("t", None, 2)
     with pytest.raises(HubNotStarted):
         await hub.history("t")
+
+
+async def test_malformed_batches_are_refused_before_writing(hub: EventHub) -> None:
+    malformed: list[Any] = [
+        "room:lobby",
+        42,
+        {"room:lobby": 1},
+        [],
+        [("room:lobby", None)],
+        [("room:lobby", None, 1, "extra")],
+        [("room:lobby", None, 1), "room:lobby"],
+    ]
+    for batch in malformed:
+        with pytest.raises(ValidationError, match="batch"):
+            await hub.publish_many(batch)
+    await _assert_nothing_written(hub)
+    lists_too: list[Any] = [["room:lobby", None, 1], ("room:lobby", "ch-1", 2)]
+    events = await hub.publish_many(lists_too)
+    assert [(e.seq, e.exclude_id) for e in events] == [(1, None), (2, "ch-1")]
