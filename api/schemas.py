@@ -1,5 +1,8 @@
 """Request and response bodies of the REST routes, as the contract shapes them.
 
+The publish and history routes write their JSON by hand for speed (see
+``body.py``); the response models here still describe it in the OpenAPI document.
+
 Request models forbid unknown fields: a misspelt ``exclude`` must be a 422, not
 an event quietly sent to everyone.
 """
@@ -11,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eventhub_log.model import Event, TopicInfo, format_timestamp
+from eventhub_log.model import TopicInfo, format_timestamp
 
 MAX_BATCH = 1000
 
@@ -41,15 +44,6 @@ class PublishedOut(BaseModel):
     id: str = Field(description="the event's cursor, as SSE and WebSocket show it")
     published_at: str = Field(description="RFC 3339 UTC with microseconds")
 
-    @classmethod
-    def of(cls, event: Event) -> PublishedOut:
-        return cls(
-            topic=event.topic,
-            seq=event.seq,
-            id=event.id,
-            published_at=format_timestamp(event.published_at),
-        )
-
 
 class EventOut(BaseModel):
     topic: str
@@ -58,17 +52,6 @@ class EventOut(BaseModel):
     payload: Any
     published_at: str
     exclude: str | None
-
-    @classmethod
-    def of(cls, event: Event) -> EventOut:
-        return cls(
-            topic=event.topic,
-            seq=event.seq,
-            id=event.id,
-            payload=event.payload,
-            published_at=format_timestamp(event.published_at),
-            exclude=event.exclude_id,
-        )
 
 
 class BatchOut(BaseModel):
