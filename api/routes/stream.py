@@ -14,7 +14,13 @@ from ..sse import MEDIA_TYPE, EventStreamResponse, registry_of
 
 router = APIRouter(tags=["stream"])
 
-_ERROR = {"content": {"application/json": {"example": {"error": {"code": "", "message": ""}}}}}
+_ERROR = {
+    "content": {
+        "application/json": {
+            "example": {"error": {"code": "invalid_cursor", "message": "invalid cursor 'x': ..."}}
+        }
+    }
+}
 
 
 @router.get(
@@ -53,7 +59,8 @@ async def stream(
         Query(alias="from", description="`earliest`: replay all retained history first"),
     ] = None,
     last_event_id_header: Annotated[
-        str | None, Header(alias="Last-Event-ID", include_in_schema=False)
+        str | None,
+        Header(alias="Last-Event-ID", description="resume after this id (wins over the query)"),
     ] = None,
 ) -> EventStreamResponse:
     topics = list(dict.fromkeys(validate_topic(name) for name in topic))
