@@ -133,6 +133,11 @@ class Feed:
         self._catch_up_requests += 1
         self._wake.set()
 
+    @property
+    def started(self) -> bool:
+        """Its start position is set (its subscription rows are committed by then)."""
+        return self._started
+
     def close(self) -> None:
         self._closed = True
         self._wake.set()
@@ -269,14 +274,20 @@ class Dispatcher:
         return set(self._by_subscriber.get(subscriber_id, ()))
 
     def add_topic(self, subscriber_id: str, topic: str, after_position: int | None = None) -> None:
-        for feed in self._by_subscriber.get(subscriber_id, ()):
-            feed.add_topic(topic, after_position)
-            self._by_topic.setdefault(topic, set()).add(feed)
+        for feed in list(self._by_subscriber.get(subscriber_id, ())):
+            self.add_feed_topic(feed, topic, after_position)
 
     def remove_topic(self, subscriber_id: str, topic: str) -> None:
-        for feed in self._by_subscriber.get(subscriber_id, ()):
-            feed.remove_topic(topic)
-            self._discard(topic, feed)
+        for feed in list(self._by_subscriber.get(subscriber_id, ())):
+            self.remove_feed_topic(feed, topic)
+
+    def add_feed_topic(self, feed: Feed, topic: str, after_position: int | None = None) -> None:
+        feed.add_topic(topic, after_position)
+        self._by_topic.setdefault(topic, set()).add(feed)
+
+    def remove_feed_topic(self, feed: Feed, topic: str) -> None:
+        feed.remove_topic(topic)
+        self._discard(topic, feed)
 
     def _discard(self, topic: str, feed: Feed) -> None:
         feeds = self._by_topic.get(topic)

@@ -5,10 +5,13 @@ A subscriber's stream lives on one instance, but ``PUT /v1/subscriptions/...``
 call records a row in ``subscription_changes`` in the same transaction as the
 subscription itself, with the log head at that moment (see
 ``queries.record_subscription_change``). Every instance reads the rows after the
-last one it applied, in id order, and applies those of subscribers it has feeds
-for. It reads when told (PostgreSQL NOTIFY on the subscriptions channel) and on a
-timer (the only signal on SQLite, a safety net on PostgreSQL): as with events, a
-lost signal only delays.
+last one it read, and for the subscribers it has feeds of, brings each started
+feed's topics to the subscription rows of that moment (read in the same
+snapshot), rather than replaying the changes one by one: a change made before a
+stream opened (an unsubscribe-all, say) then cannot undo that stream's own
+topics. It reads when told (PostgreSQL NOTIFY on the subscriptions channel) and
+on a timer (the only signal on SQLite, a safety net on PostgreSQL): as with
+events, a lost signal only delays.
 
 The change's log position makes an added topic exact: the feed takes that
 topic's events after the position, reading them from the log if they already
@@ -92,27 +95,46 @@ class SubscriptionSync:
 
     async def _apply_new(self) -> None:
         self.pending = False
+        # Per subscriber with feeds here: the newest change's position, and the
+        # position each topic was added at.
+        latest: dict[str, int] = {}
+        added_at: dict[tuple[str, str], int] = {}
+        wanted: dict[str, set[str]] = {}
+        applied = self._applied  # moved on only once the changes are applied
+        async with self._database.read() as conn:
+            if not self._database.is_sqlite:  # SQLite's read transaction is a snapshot
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            while True:
+                changes = await queries.subscription_changes_after(conn, applied, PAGE)
+                for change in changes:
+                    applied = change.id
+                    if not self._dispatcher.feeds_of(change.subscriber_id):
+                        continue
+                    latest[change.subscriber_id] = change.position
+                    if change.added and change.topic is not None:
+                        added_at[change.subscriber_id, change.topic] = change.position
+                if len(changes) < PAGE:
+                    break
+            for subscriber_id in latest:
+                wanted[subscriber_id] = set(await queries.subscriber_topics(conn, subscriber_id))
+        self._applied = applied
         claims: list[tuple[str, str, str]] = []
-        while True:
-            async with self._database.read() as conn:
-                changes = await queries.subscription_changes_after(conn, self._applied, PAGE)
-            for change in changes:
-                self._applied = change.id
-                feeds = self._dispatcher.feeds_of(change.subscriber_id)
-                if not feeds:
-                    continue
-                if change.added and change.topic is not None:
-                    self._dispatcher.add_topic(change.subscriber_id, change.topic, change.position)
-                    owner = min(feed.connection_id for feed in feeds)
-                    claims.append((change.subscriber_id, change.topic, owner))
-                elif change.topic is not None:
-                    self._dispatcher.remove_topic(change.subscriber_id, change.topic)
-                else:
-                    for feed in self._dispatcher.feeds_of(change.subscriber_id):
-                        for topic in list(feed.topics):
-                            self._dispatcher.remove_topic(change.subscriber_id, topic)
-            if len(changes) < PAGE:
-                break
+        for subscriber_id, topics in wanted.items():
+            feeds = [feed for feed in self._dispatcher.feeds_of(subscriber_id) if feed.started]
+            if not feeds:
+                continue
+            owner = min(feed.connection_id for feed in feeds)
+            for feed in feeds:
+                for topic in topics - feed.topics:
+                    after = added_at.get((subscriber_id, topic), latest[subscriber_id])
+                    self._dispatcher.add_feed_topic(feed, topic, after)
+                for topic in feed.topics - topics:
+                    self._dispatcher.remove_feed_topic(feed, topic)
+            claims += [
+                (subscriber_id, topic, owner)
+                for topic in topics
+                if (subscriber_id, topic) in added_at
+            ]
         if claims:
             async with self._database.write() as conn:
                 for subscriber_id, topic, connection_id in claims:

@@ -192,6 +192,26 @@ async def test_subscription_change_reaches_a_stream_on_another_instance(
         assert await feed.next(timeout=1.0) is None
 
 
+async def test_a_change_made_before_a_stream_opened_does_not_undo_its_topics(
+    database_url: str,
+) -> None:
+    # No timer reads: `here` learns of the change when told (NOTIFY) or asked.
+    async with (
+        EventHub(database_url, mode="stateless", poll_interval=30.0) as elsewhere,
+        EventHub(database_url, mode="stateless", poll_interval=30.0) as here,
+    ):
+        await elsewhere.subscribe("sport", "reader")
+        await elsewhere.unsubscribe_all("reader")
+        async with here.stream(["news"], "reader") as feed:
+            # On SQLite `here` reads the unsubscribe-all only now, after the
+            # stream opened; it must not take the stream's own topic away.
+            await here._subscription_sync.apply_new()
+            await here.publish("news", None, "for the new stream")
+            event = await feed.next(timeout=5)
+            assert event is not None
+            assert event.payload == "for the new stream"
+
+
 async def _owner(hub: EventHub, topic: str, subscriber: str) -> str | None:
     async with hub.database.read() as conn:
         rows = await conn.execute(
