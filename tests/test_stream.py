@@ -428,6 +428,20 @@ async def test_sigterm_ends_open_streams_and_clients_resume(
 
 
 async def test_random_disconnects_while_eight_publishers_race(server: Server) -> None:
+    await _race([server.url])
+
+
+async def test_resume_on_another_instance_while_publishers_race_on_both(
+    make_server: ServerFactory,
+) -> None:
+    """Two servers on one database: publishers on both, and the reader reconnects
+    to the other one each time, resuming with the id the previous one sent."""
+    first = make_server("--mode", "stateless")
+    second = make_server("--mode", "stateless")
+    await _race([first.url, second.url])
+
+
+async def _race(urls: list[str]) -> None:
     topics = ["race:1", "race:2", "race:3"]
     per_publisher = 40
     total = 8 * per_publisher
@@ -440,7 +454,7 @@ async def test_random_disconnects_while_eight_publishers_race(server: Server) ->
         await reader_ready.wait()
         for i in range(per_publisher):
             topic = rng.choice(topics)
-            acked.append(await publish(client, server.url, topic, {"p": n, "i": i}))
+            acked.append(await publish(client, urls[n % len(urls)], topic, {"p": n, "i": i}))
             if rng.random() < 0.3:
                 await asyncio.sleep(rng.random() / 100)
 
@@ -453,7 +467,8 @@ async def test_random_disconnects_while_eight_publishers_race(server: Server) ->
             budget = rng.choice([0, 1, 2, 5, 20, 100])
             try:
                 async with asyncio.timeout(rng.random() / 5):  # drop at a random moment
-                    async with sse(client, server.url, topics, headers=headers) as events:
+                    url = urls[connections % len(urls)]
+                    async with sse(client, url, topics, headers=headers) as events:
                         async for event in events:
                             if event.event == "ready":
                                 last_id = event.id  # resume from here even if nothing comes
