@@ -172,7 +172,9 @@ class StreamRegistry:
 
     def add(self, stream: _Stream) -> None:
         self._streams.add(stream)
-        if self._task is None or self._task.done():
+        task = self._task
+        # An app may outlive an event loop (test clients run one per block).
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
             self._task = asyncio.create_task(self._run(), name="eventhub-log sse ticker")
 
     def discard(self, stream: _Stream) -> None:
