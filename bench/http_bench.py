@@ -284,7 +284,7 @@ class RestRow:
     name: str
     result: LoadResult
     server_cpu: float
-    others_cpu: float
+    others_share: float  # other work's CPU over the measured interval, in cores
     stored: int | None = None
 
 
@@ -327,7 +327,7 @@ def rest_benchmark(
                     tool=tool,
                 )
                 cpu = watch.stop()
-                row = RestRow(name, result, cpu["server"], cpu["others"])
+                row = RestRow(name, result, cpu["server"], cpu["others"] / cpu["wall"])
                 if kind == "eventhub":
                     stored_after = stored_events(server.port, "bench") or 0
                     row.stored = stored_after - (stored_before or 0)
@@ -563,7 +563,7 @@ class Resume:
     seconds: float
     server_cpu: float
     client_cpu: float
-    others_cpu: float
+    others_share: float
 
     @property
     def rate(self) -> float:
@@ -634,7 +634,7 @@ def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
         seconds=result["last"] - result["started"],
         server_cpu=cpu["server"],
         client_cpu=result["cpu"],
-        others_cpu=cpu["others"],
+        others_share=cpu["others"] / cpu["wall"],
     )
 
 
@@ -669,7 +669,7 @@ def rest_table(rows: list[RestRow], profile: Profile, rounds: int) -> str:
             f"| {fmt(100 * row.server_cpu / r.seconds)}% "
             f"| {fmt(1e6 * row.server_cpu / r.requests if r.requests else float('nan'))} "
             f"| {fmt(100 * r.client_cpu / r.seconds)}% "
-            f"| {fmt(100 * row.others_cpu / r.seconds)}% | {fmt(100 * r.rps / ceiling)}% "
+            f"| {fmt(100 * row.others_share)}% | {fmt(100 * r.rps / ceiling)}% "
             f"| {fmt(100 * r.rps / model_ceiling)}% |"
         )
     return "\n".join(lines)
@@ -753,7 +753,7 @@ def resume_table(resume: Resume) -> str:
             f"| {fmt(resume.ready_ms, 1)} | {fmt(resume.seconds, 2)} | {fmt(resume.rate)} "
             f"| {fmt(100 * resume.server_cpu / resume.seconds)}% "
             f"| {fmt(100 * resume.client_cpu / resume.seconds)}% "
-            f"| {fmt(100 * resume.others_cpu / resume.seconds)}% |",
+            f"| {fmt(100 * resume.others_share)}% |",
         ]
     )
 
