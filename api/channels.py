@@ -66,7 +66,6 @@ from .websocket import (
     Closed,
     Connection,
     error_frame,
-    feed_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -214,7 +213,7 @@ async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
         )
     )
     for gap in await channel.gaps():
-        await conn.send(feed_frame(gap))
+        await conn.send(conn.frames_cache.frame(gap))
     pump = asyncio.create_task(_pump_socket(channel.feed, conn), name="channel pump")
     try:
         async for message in conn.frames():
@@ -242,7 +241,7 @@ async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
 async def _pump_socket(feed: Feed, conn: Connection) -> None:
     try:
         async for event in feed:
-            await conn.send(feed_frame(event))
+            await conn.send(conn.frames_cache.frame(event))
     except Closed:
         return
     await conn.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -47,12 +46,42 @@ class Limits:
     frame_burst: int = 5000
 
 
-@lru_cache(maxsize=4096)
-def event_frame(event: Event) -> str:
-    """The event frame, encoded once per event however many sockets get it.
+# Frames of large payloads are not kept, so a cache holds at most
+# FRAME_CACHE_SIZE * CACHED_PAYLOAD_LIMIT bytes.
+FRAME_CACHE_SIZE = 1024
+CACHED_PAYLOAD_LIMIT = 64 * 1024
 
-    The payload is spliced in as the JSON text that was stored.
-    """
+
+class FrameCache:
+    """The recent event frames of one app (one database), by log position: each
+    event is encoded once however many sockets get it, the stored payload JSON
+    spliced in."""
+
+    def __init__(self, size: int = FRAME_CACHE_SIZE) -> None:
+        self._size = size
+        self._frames: dict[int, str] = {}
+
+    def frame(self, item: Event | Gap) -> str:
+        if isinstance(item, Gap):
+            return gap_frame(item)
+        frame = self._frames.get(item.position)
+        if frame is None:
+            frame = event_frame(item)
+            if len(item.payload_json) <= CACHED_PAYLOAD_LIMIT:
+                if len(self._frames) >= self._size:
+                    del self._frames[next(iter(self._frames))]  # the oldest inserted
+                self._frames[item.position] = frame
+        return frame
+
+
+def frames_of(state: Any) -> FrameCache:
+    cache: FrameCache | None = getattr(state, "ws_frames", None)
+    if cache is None:
+        cache = state.ws_frames = FrameCache()
+    return cache
+
+
+def event_frame(event: Event) -> str:
     return (
         '{"type":"event","id":"'
         + event.id
@@ -68,13 +97,11 @@ def event_frame(event: Event) -> str:
     )
 
 
-def feed_frame(item: Event | Gap) -> str:
-    """An event frame, or a gap frame where retention removed what a resume needed."""
-    if isinstance(item, Gap):
-        return json.dumps(
-            {"type": "gap", "topic": item.topic, "from_seq": item.from_seq, "to_seq": item.to_seq}
-        )
-    return event_frame(item)
+def gap_frame(gap: Gap) -> str:
+    """Retention removed events a resume needed: the client is told, never left guessing."""
+    return json.dumps(
+        {"type": "gap", "topic": gap.topic, "from_seq": gap.from_seq, "to_seq": gap.to_seq}
+    )
 
 
 def error_frame(code: str, message: str, **extra: Any) -> str:
@@ -96,6 +123,7 @@ class Connection:
     def __init__(self, websocket: WebSocket, limits: Limits) -> None:
         self.ws = websocket
         self.limits = limits
+        self.frames_cache = frames_of(websocket.app.state)
         self._outbox: asyncio.Queue[str] = asyncio.Queue(limits.send_queue)
         self._writer: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()

@@ -32,7 +32,6 @@ from ..websocket import (
     Connection,
     Limits,
     error_frame,
-    feed_frame,
     library_error_frame,
 )
 
@@ -61,7 +60,7 @@ async def pump(feed: Feed, connection: Connection) -> None:
     try:
         async for event in feed:
             if event.topic in feed.topics:  # not one unsubscribed a moment ago
-                await connection.send(feed_frame(event))
+                await connection.send(connection.frames_cache.frame(event))
     except Closed:
         return
     # The hub is shutting down: clients resume from their last id elsewhere.
@@ -156,7 +155,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 async def _send_gaps(hub: EventHub, conn: Connection, feed: Feed, after: str | None) -> None:
     """Before a replay: what retention deleted that this resume was owed."""
     for gap in await hub.gaps(sorted(feed.topics), after):
-        await conn.send(feed_frame(gap))
+        await conn.send(conn.frames_cache.frame(gap))
 
 
 async def _frames(connection: Connection) -> AsyncIterator[dict[str, Any]]:
