@@ -45,6 +45,9 @@ class SubscriptionSync:
         self._dispatcher = dispatcher
         self._interval = interval
         self._applied = 0
+        # Subscribers whose feeds were still opening at the last read, with the
+        # position to add new topics after: brought to their rows at the next one.
+        self._recheck: dict[str, int] = {}
         # Signalled (PostgreSQL NOTIFY) but not read yet.
         self.pending = False
         # SQLite has no signal: read before every read of the log (a cheap query,
@@ -80,8 +83,9 @@ class SubscriptionSync:
 
     async def _run(self) -> None:
         while True:
+            interval = min(self._interval, 0.1) if self._recheck else self._interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._interval)
+                await asyncio.wait_for(self._wakeup.wait(), interval)
             self._wakeup.clear()
             try:
                 await self.apply_new()
@@ -95,9 +99,13 @@ class SubscriptionSync:
 
     async def _apply_new(self) -> None:
         self.pending = False
+        # Only feeds started before the snapshot below: their own rows are in it.
+        # A feed still opening may see its rows committed after the snapshot, so
+        # it waits for the next read.
+        ready = {feed for feed in self._dispatcher.feeds() if feed.started}
         # Per subscriber with feeds here: the newest change's position, and the
         # position each topic was added at.
-        latest: dict[str, int] = {}
+        latest: dict[str, int] = dict(self._recheck)
         added_at: dict[tuple[str, str], int] = {}
         wanted: dict[str, set[str]] = {}
         applied = self._applied  # moved on only once the changes are applied
@@ -118,9 +126,13 @@ class SubscriptionSync:
             for subscriber_id in latest:
                 wanted[subscriber_id] = set(await queries.subscriber_topics(conn, subscriber_id))
         self._applied = applied
+        self._recheck = {}
         claims: list[tuple[str, str, str]] = []
         for subscriber_id, topics in wanted.items():
-            feeds = [feed for feed in self._dispatcher.feeds_of(subscriber_id) if feed.started]
+            every = self._dispatcher.feeds_of(subscriber_id)
+            feeds = [feed for feed in every if feed in ready]
+            if len(feeds) < len(every):
+                self._recheck[subscriber_id] = latest[subscriber_id]
             if not feeds:
                 continue
             owner = min(feed.connection_id for feed in feeds)
