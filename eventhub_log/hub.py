@@ -22,7 +22,7 @@ from .log import GroupCommitWriter
 from .migrations import ensure_schema
 from .model import Event, Gap, HistoryPage, PendingEvent, TopicInfo, parse_cursor
 from .notify import Notifier, PollingNotifier
-from .notify.postgres import PostgresNotifier, asyncpg_dsn
+from .notify.postgres import PostgresNotifier, asyncpg_dsn, track_backends
 from .retention import gaps as retention_gaps
 from .store import queries
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
@@ -80,6 +80,10 @@ class EventHub:
             raise ValueError("max_batch and stream_buffer must be at least 1")
         self.mode: Mode = mode
         self.database: Database = open_database(database_url, sqlite_synchronous=sqlite_synchronous)
+        # Our own connections' server pids: the listener ignores their NOTIFYs.
+        self._own_backends = (
+            set() if self.database.is_sqlite else track_backends(self.database.engine)
+        )
         self._owns_engine = not isinstance(database_url, AsyncEngine)
         self._auto_migrate = self.database.is_sqlite if auto_migrate is None else auto_migrate
         self._stream_buffer = stream_buffer
@@ -145,6 +149,7 @@ class EventHub:
                     self._delivered,
                     on_subscriptions=self._subscription_sync.wake,
                     application_name=f"eventhub-log listen {self.instance_id}",
+                    own_backends=self._own_backends,
                 )
             )
         for notifier in self._notifiers:

@@ -28,7 +28,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..store.postgresql import EVENTS_CHANNEL, SUBSCRIPTIONS_CHANNEL
 from .base import Notifier
@@ -42,6 +44,31 @@ def asyncpg_dsn(url: str | URL) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def track_backends(engine: AsyncEngine) -> set[int]:
+    """The server pids of the engine's pooled connections, kept current.
+
+    A hub hears its own NOTIFYs too, often before its writer has handed the batch
+    to the dispatcher; it ignores those (the writer delivers them, and
+    ``publish_in`` wakes the dispatcher itself) rather than read the log for
+    events it already has. Register before the engine opens a connection.
+    """
+    pids: set[int] = set()
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and hasattr(driver, "get_server_pid"):
+            record.info["eventhub_pid"] = pid = driver.get_server_pid()
+            pids.add(pid)
+
+    def closed(_dbapi_connection: Any, record: Any) -> None:
+        pids.discard(record.info.pop("eventhub_pid", None))
+
+    event.listen(engine.sync_engine, "connect", connected)
+    event.listen(engine.sync_engine, "close", closed)
+    event.listen(engine.sync_engine, "invalidate", lambda conn, record, _exc: closed(conn, record))
+    return pids
+
+
 class PostgresNotifier(Notifier):
     def __init__(
         self,
@@ -52,8 +79,10 @@ class PostgresNotifier(Notifier):
         check_interval: float = 5.0,
         reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
         application_name: str = "eventhub-log listen",
+        own_backends: set[int] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._own_backends = own_backends if own_backends is not None else set()
         self._application_name = application_name[:63]
         self._delivered = delivered
         self._on_subscriptions = on_subscriptions or (lambda: None)
@@ -124,7 +153,9 @@ class PostgresNotifier(Notifier):
 
     # Listener callbacks (run in the event loop, must not block) --------------
 
-    def _heard_event(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _heard_event(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
+        if pid in self._own_backends:
+            return
         try:
             position = int(payload)
         except ValueError:
