@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .delivery import Dispatcher, Feed
 from .errors import DatabaseUnavailable, HubNotStarted, InvalidCursor, ValidationError
+from .grouped_writes import GroupedWrites
 from .idempotency import purge_expired, request_hash, validate_key
 from .log import GroupCommitWriter
 from .migrations import ensure_schema
@@ -96,6 +97,7 @@ class EventHub:
         self._writer = GroupCommitWriter(
             self.database, self._committed, max_batch=max_batch, idempotency_ttl=idempotency_ttl
         )
+        self._row_writes = GroupedWrites(self.database)
         self._idempotency_ttl = idempotency_ttl
         self.events_published = 0  # by this process's writer, for metrics
         self._notifiers: list[Notifier] = []
@@ -138,6 +140,7 @@ class EventHub:
             await queries.heartbeat(conn, self.instance_id, _now())
         await self._dispatcher.start()
         self._writer.start()
+        self._row_writes.start()
         await self._subscription_sync.start()
         self._notifiers = [
             PollingNotifier(self._head_position, self._delivered, self._poll_interval)
@@ -165,6 +168,7 @@ class EventHub:
             return
         self._running = False
         await self._writer.stop()
+        await self._row_writes.stop()
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -498,7 +502,8 @@ class EventHub:
         )
         self._dispatcher.add(feed)  # before reading the head: nothing falls between
         try:
-            async with self.database.write() as conn:
+
+            async def open_rows(conn: AsyncConnection) -> list[str]:
                 await queries.add_subscriptions(
                     conn,
                     self.database.dialect,
@@ -508,7 +513,9 @@ class EventHub:
                     connection_id=feed.connection_id,
                     instance_id=self.instance_id,
                 )
-                existing = await queries.subscriber_topics(conn, subscriber)
+                return await queries.subscriber_topics(conn, subscriber)
+
+            existing = await self._row_writes.run(open_rows)
             for topic in existing:
                 self._dispatcher.add_topic(subscriber, topic)
             # Read the head only once the feed listens on every topic it will get.
@@ -531,11 +538,18 @@ class EventHub:
             await _shielded(self._release(feed))
 
     async def _release(self, feed: Feed) -> None:
+
+        async def close_rows(conn: AsyncConnection) -> int:
+            return await queries.remove_subscriber(
+                conn, feed.subscriber_id, connection_id=feed.connection_id
+            )
+
         try:
-            async with self.database.write() as conn:
-                await queries.remove_subscriber(
-                    conn, feed.subscriber_id, connection_id=feed.connection_id
-                )
+            if self._row_writes.running:
+                await self._row_writes.run(close_rows)
+            else:  # the hub is closing: its own transaction
+                async with self.database.write() as conn:
+                    await close_rows(conn)
         except Exception:
             # The heartbeat sweep removes them when this instance is gone.
             log.warning("could not remove the rows of %s", feed.subscriber_id, exc_info=True)

@@ -247,19 +247,8 @@ async def test_cursor_ahead_of_the_log_is_refused(hub: EventHub) -> None:
     assert await hub.subscriptions("never") == []
 
 
-async def test_local_publishes_reach_feeds_without_reading_the_log(
-    hub: EventHub, backend: str, request: pytest.FixtureRequest
-) -> None:
+async def test_local_publishes_reach_feeds_without_reading_the_log(hub: EventHub) -> None:
     """Stateful mode: the writer hands committed events straight to the feeds."""
-    request.applymarker(
-        pytest.mark.xfail(
-            backend == "postgres",
-            reason="since the NOTIFY is sent from inside the writer's transaction, the "
-            "hub's own listener can hear it before the writer hands the batch over, and "
-            "wakes the dispatcher to read the log for events it is about to get anyway",
-            strict=False,  # a race: on a rare run the writer may win every time
-        )
-    )
     reads: list[str] = []
 
     def watch(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
