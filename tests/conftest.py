@@ -55,6 +55,15 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 @pytest.fixture
+def pg_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database, for tests of what only PostgreSQL has."""
+    request.getfixturevalue("postgres_template")
+    name, url = asyncio.run(databases.create_pg_database())
+    yield url
+    asyncio.run(databases.drop_pg_database(name))
+
+
+@pytest.fixture
 async def hub(database_url: str) -> AsyncIterator[EventHub]:
     async with EventHub(database_url, auto_migrate=True) as running:
         yield running

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import pytest
 from sqlalchemy import select
 
 from eventhub_log import Event, EventHub
@@ -251,9 +250,8 @@ async def test_rows_of_a_killed_instance_are_swept_within_the_bound(database_url
     assert ttl - heartbeat - 0.2 <= elapsed <= ttl + 2 * heartbeat + 1.5, elapsed
 
 
-async def test_listener_reconnects_after_its_connection_is_killed(database_url: str) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+async def test_listener_reconnects_after_its_connection_is_killed(pg_database_url: str) -> None:
+    database_url = pg_database_url
     async with (
         EventHub(database_url, mode="stateless", poll_interval=30.0) as here,
         EventHub(database_url, mode="stateless", poll_interval=30.0) as elsewhere,
