@@ -564,6 +564,7 @@ class Resume:
     server_cpu: float
     client_cpu: float
     others_share: float
+    all_rates: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -600,7 +601,9 @@ async def publish_backlog(port: int, topic: str, count: int, batch: int = 500) -
     return time.perf_counter() - started
 
 
-def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
+def resume_benchmark(profile: Profile, workdir: Path, rounds: int = 3) -> Resume:
+    """One backlog, ``rounds`` catch-ups from its start, each by a fresh client; the
+    fastest is reported, the others listed."""
     name = "eventhub-log serve, SQLite"
     with running(name, "eventhub", workdir) as server:
         log(f"resume: publishing {profile.resume_events} events")
@@ -612,30 +615,37 @@ def resume_benchmark(profile: Profile, workdir: Path) -> Resume:
             raise RuntimeError(f"publish answered {status}: {text[:300]!r}")
         cursor = json.loads(text)["id"]
         publish_seconds = asyncio.run(publish_backlog(server.port, "resume", profile.resume_events))
-        log("resume: catching up")
         context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        wait_for_quiet()
-        watch = CpuWatch(server)
-        process = context.Process(
-            target=catch_up_main,
-            args=(child, server.port, "/v1/stream?topic=resume", cursor, profile.resume_events),
-        )
-        process.start()
-        result = parent.recv()
-        process.join(10)
-        cpu = watch.stop()
-    return Resume(
-        events=profile.resume_events,
-        publish_seconds=publish_seconds,
-        received=result["count"],
-        in_order=result["in_order"],
-        ready_ms=(result["ready_at"] - result["started"]) * 1e3,
-        seconds=result["last"] - result["started"],
-        server_cpu=cpu["server"],
-        client_cpu=result["cpu"],
-        others_share=cpu["others"] / cpu["wall"],
-    )
+        results = []
+        for attempt in range(rounds):
+            log(f"resume: catching up ({attempt + 1} of {rounds})")
+            parent, child = context.Pipe()
+            wait_for_quiet()
+            watch = CpuWatch(server)
+            process = context.Process(
+                target=catch_up_main,
+                args=(child, server.port, "/v1/stream?topic=resume", cursor, profile.resume_events),
+            )
+            process.start()
+            result = parent.recv()
+            process.join(10)
+            cpu = watch.stop()
+            results.append(
+                Resume(
+                    events=profile.resume_events,
+                    publish_seconds=publish_seconds,
+                    received=result["count"],
+                    in_order=result["in_order"],
+                    ready_ms=(result["ready_at"] - result["started"]) * 1e3,
+                    seconds=result["last"] - result["started"],
+                    server_cpu=cpu["server"],
+                    client_cpu=result["cpu"],
+                    others_share=cpu["others"] / cpu["wall"],
+                )
+            )
+    best = max(results, key=lambda r: r.rate)
+    best.all_rates = [r.rate for r in results]
+    return best
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -744,14 +754,17 @@ def resume_table(resume: Resume) -> str:
         [
             f"Resume: {resume.events:,} events published (batches of 500, "
             f"{resume.events / resume.publish_seconds:,.0f} events/s), then one stream "
-            "resumes with `Last-Event-ID` from before them:",
+            "resumes with `Last-Event-ID` from before them; fastest of "
+            f"{len(resume.all_rates)} catch-ups (all: "
+            f"{', '.join(f'{rate:,.0f}' for rate in resume.all_rates)} events/s):",
             "",
             "| events received | in order | first frame (ready) ms | catch-up s "
-            "| catch-up events/s | server CPU | client CPU | other work |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| catch-up events/s | server CPU | server CPU us/event | client CPU | other work |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| {resume.received:,} | {'yes' if resume.in_order else 'NO'} "
             f"| {fmt(resume.ready_ms, 1)} | {fmt(resume.seconds, 2)} | {fmt(resume.rate)} "
             f"| {fmt(100 * resume.server_cpu / resume.seconds)}% "
+            f"| {fmt(1e6 * resume.server_cpu / max(1, resume.received), 1)} "
             f"| {fmt(100 * resume.client_cpu / resume.seconds)}% "
             f"| {fmt(100 * resume.others_share)}% |",
         ]
