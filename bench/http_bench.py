@@ -255,7 +255,7 @@ class CpuWatch:
         }
 
 
-def wait_for_quiet(limit: float = 20.0, threshold: float = 0.25) -> float:
+def wait_for_quiet(limit: float = 8.0, threshold: float = 0.25) -> float:
     """Wait (at most ``limit`` s) until other work uses under ``threshold`` of a core."""
     started = time.time()
     while True:
@@ -874,7 +874,7 @@ def main() -> int:
     )
     parser.add_argument("--streams", type=int, help="SSE streams (default 1000, quick 200)")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="REST rounds per target, best kept (default 2)"
+        "--rounds", type=int, default=3, help="REST rounds per target, best kept (default 3)"
     )
     parser.add_argument("--load-tool", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
