@@ -344,28 +344,16 @@ class EventHub:
         order: Literal["asc", "desc"] = "asc",
     ) -> list[Event]:
         """A page of a topic's events; page on by ``after_seq`` (or ``before_seq``)."""
-        validate_topic(topic)
-        validate_range(
+        page = await self.history_page(
+            topic,
             after_seq=after_seq,
             before_seq=before_seq,
             since=since,
             until=until,
             limit=limit,
-            max_limit=MAX_HISTORY_LIMIT,
             order=order,
         )
-        self._require_running()
-        async with self.database.read() as conn:
-            return await queries.history(
-                conn,
-                topic,
-                after_seq=after_seq,
-                before_seq=before_seq,
-                since=since,
-                until=until,
-                descending=order == "desc",
-                limit=limit,
-            )
+        return page.events
 
     async def history_page(
         self,
