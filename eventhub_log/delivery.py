@@ -73,6 +73,7 @@ class Feed:
         self.overflows = 0
         # Topics added while open, with the log position they apply after.
         self._topic_after: dict[str, int] = {}
+        self._rewinds = 0
 
     def start(self, after_position: int, *, replay: bool) -> None:
         self._through = self.position = after_position
@@ -104,6 +105,7 @@ class Feed:
         if self._started:
             self._replayed.clear()
             self._through = self.position
+            self._rewinds += 1
             self.request_catch_up()
 
     def remove_topic(self, topic: str) -> None:
@@ -212,8 +214,10 @@ class Feed:
         return event
 
     async def _catch_up_page(self) -> None:
-        requests = self._catch_up_requests
+        requests, rewinds = self._catch_up_requests, self._rewinds
         page = await self._reader(self._through, self.topics, self.subscriber_id, CATCH_UP_PAGE)
+        if rewinds != self._rewinds:
+            return  # a topic came in meanwhile: read again from the rewound position
         if page:
             self._through = page[-1].position
             self._replayed.extend(event for event in page if self._wanted(event))

@@ -54,7 +54,7 @@ class SubscriptionSync:
         # and there the log is read only when the head moved).
         self._read_every_time = database.is_sqlite
         dispatcher.before_catch_up = self._before_catch_up
-        dispatcher.hold = lambda: self.pending
+        dispatcher.hold = lambda: self.pending or self._lock.locked()
         self._wakeup = asyncio.Event()
         # One reader at a time: changes must be applied in id order.
         self._lock = asyncio.Lock()
@@ -78,6 +78,11 @@ class SubscriptionSync:
         self._wakeup.set()
 
     async def _before_catch_up(self) -> None:
+        if self._lock.locked():
+            # A read is under way (it cleared ``pending`` when it began): the
+            # events about to be routed may follow the changes it is applying.
+            async with self._lock:
+                pass
         if self.pending or self._read_every_time:
             await self.apply_new()
 
