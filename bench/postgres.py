@@ -329,11 +329,14 @@ was three round trips a checkout); before those changes the same run gave 23%
 of raw. All of these figures come from a 2-core machine that other work kept at
 a load average of 5 to 12, and they move with it. Over eight runs in one
 evening after the changes: EventHub 48% to 99% of raw; cross-instance p99 from
-26 ms to 243 ms (p50 7 to 36 ms), the tail made of whole-process stalls that
+24 ms to 243 ms (p50 7 to 36 ms), the tail made of whole-process stalls that
 show up as runs of late events, one after another; two publishing instances
-0.45x to 1.81x one instance, since both compete for the same two cores with
-the database (the `log_head` lock is held for one statement and its commit per
-batch, so a second instance adds throughput when there is CPU to spare).
+0.45x to 1.81x one instance, about 1.0x in the calmer runs. That last figure is
+the price of commit-ordered positions: the `log_head` row lock is held through
+each batch's commit (its fsync included), so the writers of all instances take
+turns, and a second instance adds throughput only where one alone left the
+lock idle between batches. More instances scale delivery (streams, reads), not
+appends; one instance's group commit already fills the lock.
 """
 
 
