@@ -56,7 +56,8 @@ async def test_unsubscribe_all_removes_all_rows_in_one_statement(hub: EventHub) 
 
     def watch(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         # Only deletes of subscription rows: the heartbeat's sweep may run meanwhile.
-        if statement.lstrip().upper().startswith("DELETE FROM SUBSCRIPTIONS"):
+        text = statement.lstrip().upper()
+        if text.startswith("DELETE FROM SUBSCRIPTIONS") and "SUBSCRIBER_ID" in text:
             statements.append(statement)
 
     sync_engine = hub.database.engine.sync_engine
