@@ -61,9 +61,8 @@ async def _wait_until_up(database_url: str, timeout: float) -> None:
 
 @pytest.mark.restarts_postgres
 @pytest.mark.slow
-async def test_postgres_restart_under_load(database_url: str) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("restarts the PostgreSQL server")
+async def test_postgres_restart_under_load(pg_database_url: str) -> None:
+    database_url = pg_database_url
     cluster = _cluster()
     if cluster is None:
         pytest.skip("no local PostgreSQL cluster under pg_ctlcluster's control")

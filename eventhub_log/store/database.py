@@ -104,7 +104,7 @@ def translate_errors() -> Iterator[None]:
     except sa_exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise DatabaseUnavailable(f"database connection lost: {_first_line(exc)}") from exc
-        if _is_unavailable(getattr(exc.orig, "sqlstate", None)):
+        if _is_unavailable(getattr(exc.orig, "sqlstate", None)) or _broken_driver_state(exc):
             raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
         raise StorageError(f"database error: {_first_line(exc)}") from exc
     except sa_exc.SQLAlchemyError as exc:
@@ -118,6 +118,19 @@ def _is_unavailable(sqlstate: object) -> bool:
     if not isinstance(sqlstate, str):
         return False
     return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300")
+
+
+def _broken_driver_state(exc: BaseException) -> bool:
+    """asyncpg's InternalClientError: a connection that broke mid-operation (a
+    server restart) and is stuck; the pool replaces it, so come back later."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ == "InternalClientError":
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
@@ -34,7 +35,15 @@ async def signal_subscriptions(conn: AsyncConnection) -> None:
 
 
 def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) -> None:
-    """Nothing to set per connection: READ COMMITTED and the row lock suffice."""
+    """READ COMMITTED and the row lock suffice; only broken connections need care."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _stuck_is_disconnect(context: ExceptionContext) -> None:
+        # A connection that broke mid-operation (a server restart) can be left
+        # with its protocol stuck ("cannot switch to state ..."); SQLAlchemy does
+        # not count that as a disconnect and would lend it again and again.
+        if type(context.original_exception).__name__ == "InternalClientError":
+            context.is_disconnect = True
 
 
 def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
@@ -124,7 +133,14 @@ async def append_batch(
             naive,
             len(pending),
         )
-    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+    except (
+        OSError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        # The connection broke mid-operation and its protocol state is stuck
+        # ("cannot switch to state ..."): as good as lost.
+        asyncpg.InternalClientError,
+    ) as exc:
         await conn.invalidate(exc)  # the pool must not lend this connection again
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
     except asyncpg.PostgresError as exc:
