@@ -54,11 +54,12 @@ from eventhub_log.channels import (
     Reply,
     open_channel,
 )
-from eventhub_log.model import Event, Gap, format_timestamp
+from eventhub_log.model import Event, Gap
 
 from .errors import ApiError, status_of
 from .routes.ws import limits
 from .settings import Settings
+from .sse import encode_event, encode_gap
 from .websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -261,21 +262,8 @@ def _sse(kind: str | None, data: str, event_id: str | None = None) -> bytes:
 
 
 def _sse_event(event: Event | Gap) -> bytes:
-    if isinstance(event, Gap):
-        gap = {"topic": event.topic, "from_seq": event.from_seq, "to_seq": event.to_seq}
-        return _sse("gap", json.dumps(gap))
-    data = (
-        '{"topic":'
-        + json.dumps(event.topic)
-        + ',"seq":'
-        + str(event.seq)
-        + ',"payload":'
-        + event.payload_json
-        + ',"published_at":"'
-        + format_timestamp(event.published_at)
-        + '"}'
-    )
-    return _sse(None, data, event.id)
+    # The same frames as GET /v1/stream: one encoder for both.
+    return encode_gap(event) if isinstance(event, Gap) else encode_event(event)
 
 
 class ChannelEventStream(Response):
