@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     instance_heartbeat: float = Field(default=5.0, gt=0)
     instance_ttl: float = Field(default=30.0, gt=0)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    gc_freeze: bool = Field(
+        default=True,
+        description="freeze the garbage collector's view of startup objects (see api/app.py)",
+    )
     ws_max_frame: int | None = Field(
         default=None, ge=1, description="largest WebSocket frame accepted, bytes (body_limit)"
     )
