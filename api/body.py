@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -39,9 +39,8 @@ async def read_json(request: Request, model: type[Model]) -> Model:
         raise RequestValidationError(errors) from None
 
 
-def json_response(content: Any, status: int) -> Response:
-    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(body, status_code=status, media_type="application/json")
+def json_bytes(content: Any) -> bytes:
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def openapi_body(model: type[BaseModel], *headers: dict[str, Any]) -> dict[str, Any]:

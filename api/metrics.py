@@ -19,6 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from eventhub_log import EventHub
 
 _PUBLISH_ROUTES = {"/v1/topics/{topic:path}/events", "/v1/events"}
+# Scope key: when the request arrived (time.perf_counter()), if something before
+# the middleware already spent time on it.
+STARTED_KEY = "eventhub.started"
 
 
 class Metrics:
@@ -43,6 +46,27 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_HubCollector(hub))
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram, Histogram | None]] = {}
+
+    def observe_request(self, template: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request answered ``status`` after ``seconds``, by route template."""
+        key = (template, method, status)
+        # labels() costs more than the observation; the label sets are few (routes
+        # times methods times statuses), so their children are looked up once.
+        children = self._children.get(key)
+        if children is None:
+            publish = template in _PUBLISH_ROUTES and method == "POST" and 200 <= status < 300
+            children = (
+                self.requests.labels(template, method, str(status)),
+                self.request_seconds.labels(template, method),
+                self.publish_seconds if publish else None,
+            )
+            self._children[key] = children
+        requests, duration, publish_latency = children
+        requests.inc()
+        duration.observe(seconds)
+        if publish_latency is not None:
+            publish_latency.observe(seconds)
 
 
 class _HubCollector(Collector):
@@ -69,13 +93,13 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram, Histogram | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        # A request the publish fast path handed over arrived before the body it read.
+        started = scope.get(STARTED_KEY) or time.perf_counter()
         status = 500
 
         async def observe(message: Message) -> None:
@@ -95,21 +119,4 @@ class MetricsMiddleware:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        method = scope.get("method", "")
-        key = (template, method, status)
-        # labels() costs more than the observation; the label sets are few (routes
-        # times methods times statuses), so their children are looked up once.
-        children = self._children.get(key)
-        if children is None:
-            publish = template in _PUBLISH_ROUTES and method == "POST" and 200 <= status < 300
-            children = (
-                self.metrics.requests.labels(template, method, str(status)),
-                self.metrics.request_seconds.labels(template, method),
-                self.metrics.publish_seconds if publish else None,
-            )
-            self._children[key] = children
-        requests, duration, publish_latency = children
-        requests.inc()
-        duration.observe(seconds)
-        if publish_latency is not None:
-            publish_latency.observe(seconds)
+        self.metrics.observe_request(template, scope.get("method", ""), status, seconds)

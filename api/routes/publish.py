@@ -10,13 +10,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from eventhub_log import EventHub
 from eventhub_log.export import event_json
 from eventhub_log.model import format_timestamp
 
-from ..body import json_response, openapi_body, read_json
+from ..body import json_bytes, openapi_body, read_json
 from ..schemas import BatchIn, BatchOut, PublishedOut, PublishIn, errors
 
 router = APIRouter(prefix="/v1", tags=["publish"])
+# The paths, under the router's prefix; api/fast_publish.py matches the same ones.
+ONE = "/topics/{topic:path}/events"
+BATCH = "/events"
 
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -35,7 +39,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/topics/{topic:path}/events",
+    ONE,
     status_code=201,
     summary="Publish one event",
     response_model=PublishedOut,
@@ -44,29 +48,18 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def publish_event(request: Request) -> Response:
     """Answers once the event is committed to the log."""
-    topic: str = request.path_params["topic"]
     body = await read_json(request, PublishIn)
-    hub = request.app.state.hub
-    key = request.headers.get("idempotency-key")
-    status = 201
-    if key is None:
-        event = await hub.publish(topic, body.exclude, body.payload)
-    else:
-        (event,), replayed = await hub.publish_once(key, [(topic, body.exclude, body.payload)])
-        status = 200 if replayed else 201
-    return json_response(
-        {
-            "topic": event.topic,
-            "seq": event.seq,
-            "id": event.id,
-            "published_at": format_timestamp(event.published_at),
-        },
-        status,
+    content, status = await publish_one(
+        request.app.state.hub,
+        request.path_params["topic"],
+        body,
+        request.headers.get("idempotency-key"),
     )
+    return Response(content, status, media_type="application/json")
 
 
 @router.post(
-    "/events",
+    BATCH,
     status_code=201,
     summary="Publish a batch atomically",
     response_model=BatchOut,
@@ -76,9 +69,38 @@ async def publish_event(request: Request) -> Response:
 async def publish_batch(request: Request) -> Response:
     """All events or none; they are stored, and returned, in the order given."""
     body = await read_json(request, BatchIn)
-    hub = request.app.state.hub
+    content, status = await publish_many(
+        request.app.state.hub, body, request.headers.get("idempotency-key")
+    )
+    return Response(content, status, media_type="application/json")
+
+
+# The work and the answer of each route, shared with api/fast_publish.py, which
+# serves the ordinary case of these routes without FastAPI's layers.
+
+
+async def publish_one(
+    hub: EventHub, topic: str, body: PublishIn, key: str | None
+) -> tuple[bytes, int]:
+    """The JSON answer and status of publishing ``body`` to ``topic``."""
+    status = 201
+    if key is None:
+        event = await hub.publish(topic, body.exclude, body.payload)
+    else:
+        (event,), replayed = await hub.publish_once(key, [(topic, body.exclude, body.payload)])
+        status = 200 if replayed else 201
+    answer = {
+        "topic": event.topic,
+        "seq": event.seq,
+        "id": event.id,
+        "published_at": format_timestamp(event.published_at),
+    }
+    return json_bytes(answer), status
+
+
+async def publish_many(hub: EventHub, body: BatchIn, key: str | None) -> tuple[bytes, int]:
+    """The JSON answer and status of publishing the batch ``body``."""
     items = [(item.topic, item.exclude, item.payload) for item in body.events]
-    key = request.headers.get("idempotency-key")
     status = 201
     if key is None:
         stored = await hub.publish_many(items)
@@ -86,4 +108,4 @@ async def publish_batch(request: Request) -> Response:
         stored, replayed = await hub.publish_once(key, items)
         status = 200 if replayed else 201
     events = ",".join(event_json(event) for event in stored)
-    return Response(f'{{"events":[{events}]}}'.encode(), status, media_type="application/json")
+    return f'{{"events":[{events}]}}'.encode(), status
