@@ -54,7 +54,8 @@ import json
 import logging
 import signal
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -198,7 +199,8 @@ class StreamRegistry:
 
 
 class _Stream:
-    """One open SSE response: a writer task and a disconnect listener."""
+    """One open SSE response: a writer task, a disconnect listener, and the
+    ``on_ready`` hook through which live events are written on the spot."""
 
     def __init__(self, feed: Feed, send: Send, receive: Receive, frames: FrameCache) -> None:
         self.feed = feed
@@ -210,17 +212,27 @@ class _Stream:
         self.last_write = self._loop.time()
         self.send_started = 0.0  # when a blocked send began; 0.0 when none is pending
         self._ending = False
+        self._closed = False
         self._writer: asyncio.Task[None] | None = None
+        # A send the transport made wait (backpressure), finishing in a task.
+        self._blocked: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         writer = self._writer = asyncio.create_task(self._write())
         listener = asyncio.create_task(self._listen(writer))
+        self.feed.on_ready = self._on_ready
         try:
             await asyncio.wait((writer,))
         finally:
+            self._closed = True
+            self.feed.on_ready = None
             writer.cancel()
             listener.cancel()
-            await asyncio.wait((writer, listener))
+            tasks = [writer, listener]
+            if self._blocked is not None:
+                self._blocked.cancel()
+                tasks.append(self._blocked)
+            await asyncio.wait(tasks)
 
     def end(self) -> None:
         """Finish the response cleanly after the current write (shutdown)."""
@@ -237,33 +249,114 @@ class _Stream:
             pass
         writer.cancel()
 
+    def _on_ready(self) -> bool:
+        """Live events arrived while the writer task waits: write them now."""
+        if self._closed:
+            return True  # going away: nothing more is written
+        if self._blocked is not None or self._ending:
+            return False  # the writer task takes them once the blocked send is done
+        chunk = self._take()
+        if chunk is None:
+            return False  # the feed must read the log first: that is the task's job
+        self._emit(chunk)
+        return True
+
+    def _take(self) -> bytes | None:
+        """Everything buffered (up to ``MAX_BATCH`` frames) as one chunk."""
+        feed, frames = self.feed, self._frames
+        event = feed.next_nowait()
+        if event is None:
+            return None
+        chunk = frames.frame(event)
+        more = feed.next_nowait()
+        if more is not None:
+            parts = [chunk, frames.frame(more)]
+            while len(parts) < MAX_BATCH and (more := feed.next_nowait()) is not None:
+                parts.append(frames.frame(more))
+            chunk = b"".join(parts)
+            if more is not None:
+                feed.wake()  # MAX_BATCH reached: the rest goes in the next write
+        return chunk
+
+    def _emit(self, chunk: bytes) -> None:
+        """Send ``chunk`` without waiting when the transport allows it.
+
+        The ASGI ``send`` coroutine is stepped once by hand, as Python 3.12's
+        eager tasks do: a send the transport accepts completes in that step, with
+        no task and no trip through the event loop's queue. One that has to wait
+        (the client reads slowly) is finished by a task, and the stream writes
+        nothing else until it is done.
+        """
+        message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        sending = self._send(message).__await__()
+        try:
+            awaited = sending.send(None)
+        except StopIteration:
+            self.last_write = self._loop.time()
+            return
+        except Exception:
+            log.debug("stream of %s: write failed", self.subscriber, exc_info=True)
+            self.cut_off()
+            return
+        self.send_started = self._loop.time()
+        self._blocked = asyncio.ensure_future(_finish(sending, awaited))
+        self._blocked.add_done_callback(self._unblocked)
+
+    def _unblocked(self, task: asyncio.Task[None]) -> None:
+        self._blocked = None
+        self.send_started = 0.0
+        self.last_write = self._loop.time()
+        if task.cancelled() or task.exception() is not None:
+            self.cut_off()
+        else:
+            self.feed.wake()  # what arrived meanwhile
+
     async def _write(self) -> None:
-        feed, send, frames, loop = self.feed, self._send, self._frames, self._loop
+        feed = self.feed
         try:
             while not self._ending:
+                # While this task waits in ``next()`` the hook may write; once it
+                # holds an event the hook is not called (``Feed.notify``), so
+                # nothing overtakes the event it holds.
                 event = await feed.next()
+                if self._blocked is not None:
+                    await asyncio.wait((self._blocked,))  # the hook's send goes first
                 if event is None:
                     if self._ending:
                         break
-                    chunk = PING
-                else:
-                    chunk = frames.frame(event)
-                    more = feed.next_nowait()
-                    if more is not None:
-                        parts = [chunk, frames.frame(more)]
-                        while len(parts) < MAX_BATCH and (more := feed.next_nowait()) is not None:
-                            parts.append(frames.frame(more))
-                        chunk = b"".join(parts)
-                self.send_started = loop.time()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self.send_started = 0.0
-                self.last_write = loop.time()
+                    self._emit(PING)
+                    continue
+                chunk = self._frames.frame(event)
+                rest = self._take()
+                self._emit(chunk if rest is None else chunk + rest)
         except StopAsyncIteration:
             pass  # the hub is closing
         except EventHubError as exc:
             # The database failed mid-stream: end cleanly; the client resumes.
             log.warning("stream of %s ended by a storage error: %s", self.subscriber, exc)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._closed = True
+        if self._blocked is not None:
+            await asyncio.wait((self._blocked,))
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _finish(sending: Generator[Any, None, None], awaited: Any) -> None:
+    """Drive ``sending``, suspended on ``awaited`` after its first step, to its end,
+    exactly as a task would."""
+    try:
+        while True:
+            if awaited is None:  # a bare yield: give the loop one turn
+                await asyncio.sleep(0)
+            else:
+                # The future a coroutine yields is flagged as awaited by it; a
+                # task clears that flag before waiting, and so must this.
+                awaited._asyncio_future_blocking = False
+                await asyncio.wait((awaited,))
+            awaited = sending.send(None)
+    except StopIteration:
+        return
+    finally:
+        sending.close()  # a no-op once it has finished
 
 
 class EventStreamResponse(Response):

@@ -12,6 +12,14 @@ it delivered. Either way each feed sees events in position order, once.
 Each ``Feed`` has a bounded buffer. A feed whose reader falls behind is not fed
 live any more: its buffer is dropped and it catches up from the log by itself,
 so a slow reader costs memory up to its bound and never blocks a publisher.
+
+A delivered batch is announced to each feed once, after all its events are
+buffered, not once per event. A reader parked in ``next()`` is woken, unless it
+set ``Feed.on_ready``: then the dispatcher calls that hook instead, and a
+transport that can write without waiting (the SSE stream) takes the events on
+the spot. Waking a thousand parked tasks per event cost more than the writes
+themselves, and every wake-up was one more callback ahead of the publishers in
+the event loop's queue.
 """
 
 from __future__ import annotations
@@ -63,6 +71,11 @@ class Feed:
         self._live: deque[Event] = deque()
         self._replayed: deque[Event] = deque()
         self._wake = asyncio.Event()
+        self._waiting = False
+        # Called by the dispatcher, instead of waking the reader, when events are
+        # ready while the reader waits in ``next()``; returns whether it took care
+        # of them. It must not raise or await: it runs inside the dispatcher's loop.
+        self.on_ready: Callable[[], bool] | None = None
         self._catch_up_requests = 0
         self._started = False
         self._closed = False
@@ -119,15 +132,23 @@ class Feed:
             and event.visible_to(self.subscriber_id)
         )
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event) -> bool:
+        """Buffer ``event`` if this feed wants it; ``notify()`` tells the reader.
+        Returns whether it was buffered."""
         if not self._wanted(event):
-            return
+            return False
         if len(self._live) >= self._max_buffer:
             # Too far behind to keep feeding live: catch up from the log instead.
             self.overflows += 1
             self.request_catch_up()
-            return
+            return False
         self._live.append(event)
+        return True
+
+    def notify(self) -> None:
+        """Events were buffered: hand them to ``on_ready`` or wake the reader."""
+        if self._waiting and self.on_ready is not None and self.on_ready():
+            return
         self._wake.set()
 
     def request_catch_up(self) -> None:
@@ -170,13 +191,16 @@ class Feed:
                 self._nudged = False
                 return None
             self._wake.clear()
-            if timeout is None:
-                await self._wake.wait()
-            else:
-                try:
+            self._waiting = True
+            try:
+                if timeout is None:
+                    await self._wake.wait()
+                else:
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    return None
+            except TimeoutError:
+                return None
+            finally:
+                self._waiting = False
 
     def next_nowait(self) -> Event | None:
         """The next event if one is buffered, else ``None``; never waits or reads
@@ -191,6 +215,11 @@ class Feed:
                 self._through = event.position
                 return self._hand_out(event)
         return None
+
+    def wake(self) -> None:
+        """Make a waiting ``next()`` look at the buffer again (an ``on_ready`` that
+        declined events, or could not write them all, calls this)."""
+        self._wake.set()
 
     def nudge(self) -> None:
         """Make a waiting (or the next) ``next()`` return ``None`` once.
@@ -318,17 +347,27 @@ class Dispatcher:
         if not from_log and self.hold():
             self.wake()
             return
-        for event in events:
-            if event.position <= self.through:
-                continue
-            if event.position != self.through + 1 and not from_log:
-                # Something committed in between that we have not seen: the
-                # catch-up task reads it (and these) from the log, in order.
-                self.wake()
-                return
-            self.through = event.position
-            for feed in self._by_topic.get(event.topic, ()):
-                feed.offer(event)
+        ready: dict[Feed, None] = {}
+        try:
+            for event in events:
+                if event.position <= self.through:
+                    continue
+                if event.position != self.through + 1 and not from_log:
+                    # Something committed in between that we have not seen: the
+                    # catch-up task reads it (and these) from the log, in order.
+                    self.wake()
+                    return
+                self.through = event.position
+                for feed in self._by_topic.get(event.topic, ()):
+                    if feed.offer(event):
+                        ready[feed] = None
+        finally:
+            for feed in ready:
+                try:
+                    feed.notify()
+                except Exception:  # one broken reader must not starve the others
+                    log.exception("notifying a feed failed")
+                    feed.wake()
 
     def wake(self) -> None:
         """Check the log for events committed by someone else."""

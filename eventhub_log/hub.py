@@ -102,7 +102,11 @@ class EventHub:
         self.events_published = 0  # by this process's writer, for metrics
         self._notifiers: list[Notifier] = []
         self._subscription_sync = SubscriptionSync(
-            self.database, self._dispatcher, self._poll_interval, self.instance_id
+            self.database,
+            self._dispatcher,
+            self._poll_interval,
+            self.instance_id,
+            read_before_every_catch_up=fast_poll,
         )
         self._maintenance: asyncio.Task[None] | None = None
         self._running = False

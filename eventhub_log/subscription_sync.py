@@ -38,7 +38,13 @@ PAGE = 500
 
 class SubscriptionSync:
     def __init__(
-        self, database: Database, dispatcher: Dispatcher, interval: float, instance_id: str
+        self,
+        database: Database,
+        dispatcher: Dispatcher,
+        interval: float,
+        instance_id: str,
+        *,
+        read_before_every_catch_up: bool = False,
     ) -> None:
         self._database = database
         self._instance_id = instance_id
@@ -50,9 +56,13 @@ class SubscriptionSync:
         self._recheck: dict[str, int] = {}
         # Signalled (PostgreSQL NOTIFY) but not read yet.
         self.pending = False
-        # SQLite has no signal: read before every read of the log (a cheap query,
-        # and there the log is read only when the head moved).
-        self._read_every_time = database.is_sqlite
+        # Processes sharing a SQLite file have no signal: in stateless mode they
+        # read before every read of the log (a cheap query, and the log is read
+        # only when the head moved). Not in stateful mode, where this process is
+        # the one expected to publish: there a read before each catch-up, during
+        # which local commits are held and so themselves go through a catch-up,
+        # kept a busy hub reading the log for events it had in hand.
+        self._read_every_time = read_before_every_catch_up
         dispatcher.before_catch_up = self._before_catch_up
         dispatcher.hold = lambda: self.pending or self._lock.locked()
         self._wakeup = asyncio.Event()
