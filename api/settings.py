@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     stream_write_timeout: float = Field(
         default=30.0, gt=0, description="SSE write blocked this long (s): cut off, client resumes"
     )
+    stream_coalesce: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="SSE: events for a stream that wrote less than this long ago (s) "
+        "are held back to go out in one write",
+    )
     idempotency_ttl: float = Field(default=24 * 3600, gt=0, description="how long keys are kept, s")
     instance_heartbeat: float = Field(default=5.0, gt=0)
     instance_ttl: float = Field(default=30.0, gt=0)

@@ -550,7 +550,11 @@ class EventHub:
 
     def _committed(self, events: list[Event], previous_head: int) -> None:
         self.events_published += len(events)
-        self._dispatcher.deliver(events)
+        # On the loop's next turn, after the publishers' own wake-ups (their
+        # futures were resolved first): with many streams the fan-out is the
+        # longest step the loop takes, and an acknowledgement has no reason to
+        # wait for it.
+        asyncio.get_running_loop().call_soon(self._dispatcher.deliver, events)
         for notifier in self._notifiers:
             notifier.published(events[-1].position)
 

@@ -152,17 +152,17 @@ class GroupCommitWriter:
             return
         pending = [event for submission in batch for event in submission.events]
         stored = await self._append(pending, datetime.now(UTC))
-        try:
-            self._on_commit(stored, stored[0].position - 1)
-        except Exception:
-            # Committed is committed: the callers get their events regardless.
-            log.exception("delivering a committed batch failed")
         offset = 0
         for submission in batch:
             count = len(submission.events)
             if not submission.future.done():
                 submission.future.set_result(stored[offset : offset + count])
             offset += count
+        try:
+            self._on_commit(stored, stored[0].position - 1)
+        except Exception:
+            # Committed is committed: the callers have their events regardless.
+            log.exception("delivering a committed batch failed")
 
     async def _commit_keyed(self, batch: list[Submission]) -> None:
         requests = [KeyedRequest(s.events, s.key, s.request_hash) for s in batch]

@@ -174,6 +174,38 @@ async def test_exclusion_holds_live_and_on_replay(hub: EventHub) -> None:
         assert [e.payload for e in replayed] == ["for everyone", "not for ch-1"]
 
 
+async def test_one_commit_mixing_topics_reaches_each_feed_in_position_order(
+    hub: EventHub,
+) -> None:
+    """A batch is fanned out per topic; a feed of several topics still gets it in order."""
+    async with (
+        hub.stream(["mix:a", "mix:b"], "both") as both,
+        hub.stream(["mix:a"], "only-a") as only_a,
+        hub.stream(["mix:b"], "only-b") as only_b,
+    ):
+        batch = await hub.publish_many(
+            [
+                ("mix:a", None, 1),
+                ("mix:b", None, 2),
+                ("mix:a", "both", 3),
+                ("mix:b", None, 4),
+                ("mix:a", "only-a", 5),
+                ("mix:c", None, 6),
+                ("mix:a", None, 7),
+            ]
+        )
+        by_payload = {event.payload: event for event in batch}
+        assert await take(both, 5) == [by_payload[n] for n in (1, 2, 4, 5, 7)]
+        assert await take(only_a, 3) == [by_payload[n] for n in (1, 3, 7)]
+        assert await take(only_b, 2) == [by_payload[n] for n in (2, 4)]
+        # Nothing else was buffered: the next events are these markers.
+        marker_a = await hub.publish("mix:a", None, "marker")
+        marker_b = await hub.publish("mix:b", None, "marker")
+        assert await take(both, 2) == [marker_a, marker_b]
+        assert await take(only_a, 1) == [marker_a]
+        assert await take(only_b, 1) == [marker_b]
+
+
 async def test_slow_feed_overflows_to_the_log_and_loses_nothing(database_url: str) -> None:
     async with (
         EventHub(database_url, auto_migrate=True, stream_buffer=5) as hub,

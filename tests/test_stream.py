@@ -359,6 +359,22 @@ async def test_slow_reader_blocks_nobody_and_loses_nothing(
     assert sorted(latencies)[int(total * 0.99)] < 2.0
 
 
+async def test_coalesced_writes_lose_nothing_and_keep_order(make_server: ServerFactory) -> None:
+    server = make_server(EVENTHUB_STREAM_COALESCE="0.2")
+    async with (
+        httpx.AsyncClient(timeout=20) as client,
+        sse(client, server.url, ["gather", "other"], subscriber="gathering") as events,
+    ):
+        await take(events, 1)
+        first = (await publish(client, server.url, "gather", "alone"))["id"]
+        # Right after a write: these are held back and go out together.
+        ids = [first] + [
+            (await publish(client, server.url, ("gather", "other")[n % 2], n))["id"]
+            for n in range(40)
+        ]
+        assert [event.id for event in await take(events, len(ids))] == ids
+
+
 async def test_a_stream_blocked_on_a_full_socket_is_cut_off(
     make_server: ServerFactory, database: Database
 ) -> None:

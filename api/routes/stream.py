@@ -78,6 +78,7 @@ async def stream(
             request.app.state,
             heartbeat_interval=settings.heartbeat_interval,
             write_timeout=settings.stream_write_timeout,
+            coalesce=settings.stream_coalesce,
         ),
         topics=topics,
         subscriber=subscriber,
