@@ -60,6 +60,7 @@ before "simplifying" one away):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -104,10 +105,16 @@ def encode_event(event: Event) -> bytes:
         # written by this library never has any, but the log is a database.
         payload = json.dumps(json.loads(payload), ensure_ascii=False, separators=(",", ":"))
     data = (
-        f'{{"topic":{json.dumps(event.topic)},"seq":{event.seq},"payload":{payload},'
+        f'{{"topic":{_topic_json(event.topic)},"seq":{event.seq},"payload":{payload},'
         f'"published_at":"{format_timestamp(event.published_at)}"}}'
     )
     return f"id: {event.id}\ndata: {data}\n\n".encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic_json(topic: str) -> str:
+    # Topics are few and repeat; encoding one costs more than the rest of a frame.
+    return json.dumps(topic)
 
 
 def encode_ready(cursor: str, subscriber: str, topics: Sequence[str]) -> bytes:

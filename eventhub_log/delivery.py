@@ -237,11 +237,13 @@ class Feed:
 
     def take_ready(self, limit: int) -> list[Event]:
         """Up to ``limit`` events that ``next_nowait`` would hand out one by one."""
-        if self._replayed or (self._catch_up_requests and self._started):
-            taken: list[Event] = []
-            while len(taken) < limit and (event := self.next_nowait()) is not None:
-                taken.append(event)
+        replayed = self._replayed
+        if replayed:  # a replay page: these go first, and the rest on the next call
+            taken: list[Event] = [replayed.popleft() for _ in range(min(limit, len(replayed)))]
+            self.position = taken[-1].position
             return taken
+        if self._catch_up_requests and self._started:
+            return []  # the log must be read first (``next()`` does)
         live, through = self._live, self._through
         taken = []
         while live and len(taken) < limit:

@@ -25,7 +25,11 @@ _EVENT_COLUMNS = (
 
 
 def _event(row: Any) -> Event:
-    return Event(
+    # Event is a frozen dataclass, whose __init__ sets each field through
+    # object.__setattr__: a quarter of the cost of turning a replay page into
+    # events. The same fields go straight into the instance's dict.
+    event: Event = object.__new__(Event)
+    event.__dict__.update(
         topic=row[0],
         seq=row[1],
         position=row[2],
@@ -33,6 +37,7 @@ def _event(row: Any) -> Event:
         payload_json=row[4],
         exclude_id=row[5],
     )
+    return event
 
 
 async def append(
