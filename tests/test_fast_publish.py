@@ -276,7 +276,7 @@ async def test_a_hub_error_once_publishing_is_answered_and_not_retried(
         assert (await client.get("/v1/topics/t/events")).json()["events"] == []
 
 
-def test_a_database_outage_is_answered_503_once_and_appends_nothing(
+def test_a_database_outage_answers_503s_that_append_nothing_then_recovers(
     pg_database_url: str,
 ) -> None:
     # No heartbeat in the way: the publish is the first to find its connection dead.
@@ -298,7 +298,14 @@ def test_a_database_outage_is_answered_503_once_and_appends_nothing(
                     await admin.close()
 
             assert asyncio.run(terminate()) >= 1
-            # Each dead pooled connection fails one request, then a fresh one serves.
+            # A dead pooled connection fails the request that meets it, then a
+            # fresh one serves. Whether a publish meets one is a race: the hub's
+            # own readers (the LISTEN connection reconnecting, the head poll) may
+            # find the dead connections first and have the pool replaced. So any
+            # number of 503s may come, each with the contract's body; none of
+            # them stores anything, and the metrics count each once.
+            # (test_a_hub_error_once_publishing_is_answered_and_not_retried shows the
+            # 503 itself deterministically.)
             refused = 0
             for attempt in range(1, 50):
                 answer = client.post("/v1/topics/t/events", json={"payload": attempt})
@@ -308,7 +315,7 @@ def test_a_database_outage_is_answered_503_once_and_appends_nothing(
                 assert answer.headers["retry-after"] == "1"
                 assert answer.json()["error"]["code"] == "database_unavailable"
                 refused += 1
-            assert refused >= 1
+            assert answer.status_code == 201, "the server did not recover"
             events = client.get("/v1/topics/t/events").json()["events"]
             assert [event["payload"] for event in events] == [0, attempt]
             assert _count(client.get("/metrics").text, 503) == refused
