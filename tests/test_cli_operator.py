@@ -38,6 +38,18 @@ def url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'ops.db'}"
 
 
+def seed(url: str, *events: tuple[str, str]) -> None:
+    """Publish ``(topic, payload JSON)`` pairs in-process: setting a scene through
+    the CLI cost a process start (over a second) per event."""
+
+    async def publish() -> None:
+        async with EventHub(url, auto_migrate=True) as hub:
+            for topic, payload in events:
+                await hub.publish(topic, None, json.loads(payload))
+
+    asyncio.run(publish())
+
+
 def ndjson(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line]
 
@@ -52,8 +64,7 @@ def test_publish_then_history_and_export(url: str) -> None:
         ).stdout
     )
     assert (second["seq"], second["payload"], second["exclude"]) == (2, [1, 2], "ch-1")
-    for n in range(3, 6):
-        run("publish", "room:lobby", str(n), "--database-url", url)
+    seed(url, *(("room:lobby", str(n)) for n in range(3, 6)))
     keyed = ["publish", "room:lobby", '"once"', "--idempotency-key", "k1", "--database-url", url]
     assert json.loads(run(*keyed).stdout) == json.loads(run(*keyed).stdout)
 
@@ -115,10 +126,7 @@ async def _pruned_through(url: str) -> dict[str, int]:
 
 
 def test_prune_keep_records_how_far(url: str) -> None:
-    for n in range(10):
-        run("publish", "a", str(n), "--database-url", url)
-    for n in range(3):
-        run("publish", "b", str(n), "--database-url", url)
+    seed(url, *(("a", str(n)) for n in range(10)), *(("b", str(n)) for n in range(3)))
     dry = run("prune", "--keep", "4", "--dry-run", "--database-url", url).stdout
     assert "a: would delete 6 events, pruned through seq 6" in dry
     assert len(ndjson(run("history", "a", "--database-url", url).stdout)) == 10
@@ -162,8 +170,7 @@ async def _age(url: str, topic: str, through_seq: int, days: int) -> None:
 
 
 def test_prune_older_than(url: str) -> None:
-    for n in range(6):
-        run("publish", "logs", str(n), "--database-url", url)
+    seed(url, *(("logs", str(n)) for n in range(6)))
     asyncio.run(_age(url, "logs", 4, days=10))
     out = run("prune", "--older-than", "1w", "--database-url", url).stdout
     assert out.splitlines() == ["logs: deleted 4 events, pruned through seq 4"]
