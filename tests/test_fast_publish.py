@@ -134,15 +134,18 @@ def test_body_over_the_limit_gets_the_contract_413_and_writes_nothing(
     # none is sent: unread bytes at close would reset the connection), or
     # chunked, once the bytes pass the limit.
     head_only = {**headers, "Content-Length": str(len(over))}
+    bodies = set()
     for body, sent in ((b"", head_only), ([over[:50], over[50:]], headers)):
         answer = raw_post(port, "/v1/topics/big/events", body, sent)
         assert answer.startswith(b"HTTP/1.1 413 "), answer
+        bodies.add(answer.split(b"\r\n\r\n", 1)[1])
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
             "error": {
                 "code": "body_too_large",
                 "message": "request body is larger than the limit of 100 bytes",
             }
         }
+    assert len(bodies) == 1, bodies  # the same bytes, however the limit was found
     url = small_limit_server.url
     assert httpx.get(f"{url}/v1/topics/big/events").json()["events"] == []
     # Up to the limit is fine, either way.
