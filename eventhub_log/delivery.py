@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Protocol
 
 from .model import Event
+from .waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,8 @@ class Feed:
             try:
                 if timeout is None:
                     await self._wake.wait()
-                else:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                return None
+                elif not await wait_event(self._wake, timeout):
+                    return None
             finally:
                 self._waiting = False
 

@@ -30,6 +30,7 @@ import logging
 from .delivery import Dispatcher
 from .store import queries
 from .store.database import Database
+from .waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ class SubscriptionSync:
     async def _run(self) -> None:
         while True:
             interval = min(self._interval, 0.1) if self._recheck else self._interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), interval)
+            await wait_event(self._wakeup, interval)
             self._wakeup.clear()
             try:
                 if self.pending or self._recheck or await self._changed():

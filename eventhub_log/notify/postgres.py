@@ -33,6 +33,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..store.postgresql import EVENTS_CHANNEL, SUBSCRIPTIONS_CHANNEL
+from ..waiting import wait_event
 from .base import Notifier
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,7 @@ class PostgresNotifier(Notifier):
         self._wake()
         self._on_subscriptions()
         while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self._check_interval)
+            await wait_event(lost, self._check_interval)
             if not lost.is_set():
                 await conn.fetchval("SELECT 1", timeout=self._check_interval)
 
