@@ -223,19 +223,12 @@ class Feed:
     def next_nowait(self) -> Event | None:
         """The next event if one is buffered, else ``None``; never waits or reads
         the log. Lets a transport gather what is ready into one write."""
-        if self._replayed:
-            return self._hand_out(self._replayed.popleft())
-        if self._catch_up_requests and self._started:
-            return None
-        while self._live:
-            event = self._live.popleft()
-            if event.position > self._through:
-                self._through = event.position
-                return self._hand_out(event)
-        return None
+        taken = self.take_ready(1)
+        return taken[0] if taken else None
 
     def take_ready(self, limit: int) -> list[Event]:
-        """Up to ``limit`` events that ``next_nowait`` would hand out one by one."""
+        """Up to ``limit`` buffered events, in order: a replay page's first, then
+        live ones; none while the log must be read first (``next()`` does)."""
         replayed = self._replayed
         if replayed:  # a replay page: these go first, and the rest on the next call
             taken: list[Event] = [replayed.popleft() for _ in range(min(limit, len(replayed)))]
@@ -279,10 +272,6 @@ class Feed:
     async def __anext__(self) -> Event:
         event = await self.next()
         assert event is not None
-        return event
-
-    def _hand_out(self, event: Event) -> Event:
-        self.position = event.position
         return event
 
     async def _catch_up_page(self) -> None:
