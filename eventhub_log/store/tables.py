@@ -103,6 +103,8 @@ events = Table(
     Column("payload", Text, nullable=False),
     Column("exclude_id", String(255), nullable=True),
     Column("published_at", UTCDateTime, nullable=False),
+    # The publishing token's ``sub``; NULL on an open hub and for events older than 0005.
+    Column("publisher", String(255), nullable=True),
     PrimaryKeyConstraint("topic", "seq", name="pk_events"),
     UniqueConstraint("position", name="uq_events_position"),
     Index("ix_events_published_at", "topic", "published_at"),
