@@ -52,6 +52,9 @@ class EventOut(BaseModel):
     payload: Any
     published_at: str
     exclude: str | None
+    publisher: str | None = Field(
+        description="the sub of the publishing token; null when the hub is open"
+    )
 
 
 class BatchOut(BaseModel):

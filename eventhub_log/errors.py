@@ -28,6 +28,10 @@ class InvalidSubscriber(ValidationError):
     """A subscriber id is empty, too long or not a string."""
 
 
+class InvalidPublisher(ValidationError):
+    """A publisher (the publishing token's ``sub``) is empty, too long or not a string."""
+
+
 class InvalidCursor(ValidationError):
     """A resume cursor (``Last-Event-ID``) is not one this hub hands out."""
 

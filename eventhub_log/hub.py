@@ -31,6 +31,7 @@ from .subscription_sync import SubscriptionSync
 from .validation import (
     encode_payload,
     validate_exclude,
+    validate_publisher,
     validate_range,
     validate_subscriber,
     validate_topic,
@@ -258,31 +259,42 @@ class EventHub:
             self._subscriptions_changed()
         return removed
 
-    async def publish(self, topic: str, exclude_id: str | None, payload: Any) -> Event:
-        """Append one event; returns it once committed. ``exclude_id``: who not to tell."""
-        pending = _pending(topic, exclude_id, payload)
+    async def publish(
+        self, topic: str, exclude_id: str | None, payload: Any, *, publisher: str | None = None
+    ) -> Event:
+        """Append one event; returns it once committed. ``exclude_id``: who not to tell;
+        ``publisher``: who published it (the token's ``sub``), stored with it."""
+        pending = _pending(topic, exclude_id, payload, validate_publisher(publisher))
         self._require_running()
         (event,) = await self._writer.submit([pending])
         return event
 
-    async def publish_many(self, items: Iterable[tuple[str, str | None, Any]]) -> list[Event]:
-        """Append several ``(topic, exclude_id, payload)`` events atomically, in order."""
-        pending = _pending_batch(items)
+    async def publish_many(
+        self, items: Iterable[tuple[str, str | None, Any]], *, publisher: str | None = None
+    ) -> list[Event]:
+        """Append several ``(topic, exclude_id, payload)`` events atomically, in order,
+        each recording ``publisher``."""
+        pending = _pending_batch(items, validate_publisher(publisher))
         self._require_running()
         return await self._writer.submit(pending)
 
     async def publish_once(
-        self, idempotency_key: str, items: Iterable[tuple[str, str | None, Any]]
+        self,
+        idempotency_key: str,
+        items: Iterable[tuple[str, str | None, Any]],
+        *,
+        publisher: str | None = None,
     ) -> tuple[list[Event], bool]:
         """Publish ``(topic, exclude_id, payload)`` events atomically, once per key.
 
         Returns the events and ``True`` when they are the stored result of an
         earlier call with this key (nothing was appended). The key is stored in
         the same transaction as the events and kept for ``idempotency_ttl``
-        seconds; reusing it for different events raises ``IdempotencyConflict``.
+        seconds; reusing it for different events, or from another ``publisher``,
+        raises ``IdempotencyConflict``.
         """
         key = validate_key(idempotency_key)
-        pending = _pending_batch(items)
+        pending = _pending_batch(items, validate_publisher(publisher))
         self._require_running()
         return await self._writer.submit_keyed(pending, key, request_hash(pending))
 
@@ -292,6 +304,8 @@ class EventHub:
         topic: str,
         exclude_id: str | None,
         payload: Any,
+        *,
+        publisher: str | None = None,
     ) -> Event:
         """Append inside the caller's transaction: the event exists iff it commits.
 
@@ -300,7 +314,7 @@ class EventHub:
         on lock upgrade; on PostgreSQL it holds the log's write lock until it ends,
         so keep it short.
         """
-        pending = _pending(topic, exclude_id, payload)
+        pending = _pending(topic, exclude_id, payload, validate_publisher(publisher))
         self._require_running()
         conn = (
             await transaction.connection() if isinstance(transaction, AsyncSession) else transaction
@@ -615,7 +629,7 @@ class EventHub:
             )
 
 
-def _pending_batch(items: object) -> list[PendingEvent]:
+def _pending_batch(items: object, publisher: str | None) -> list[PendingEvent]:
     if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
         raise ValidationError("a batch is a list of (topic, exclude_id, payload) tuples")
     pending = []
@@ -624,17 +638,22 @@ def _pending_batch(items: object) -> list[PendingEvent]:
             raise ValidationError(
                 f"each event of a batch is a (topic, exclude_id, payload) tuple, not {item!r:.80}"
             )
-        pending.append(_pending(*item))
+        topic, exclude_id, payload = item
+        pending.append(_pending(topic, exclude_id, payload, publisher))
     if not pending:
         raise ValidationError("a batch needs at least one event")
     return pending
 
 
-def _pending(topic: str, exclude_id: str | None, payload: Any) -> PendingEvent:
+def _pending(
+    topic: str, exclude_id: str | None, payload: Any, publisher: str | None
+) -> PendingEvent:
+    """``publisher`` is already validated: a batch checks it once, not per event."""
     return PendingEvent(
         topic=validate_topic(topic),
         payload_json=encode_payload(payload),
         exclude_id=validate_exclude(exclude_id),
+        publisher=publisher,
     )
 
 

@@ -8,8 +8,9 @@ existing key replays, a key already taken by an earlier submission of the same
 batch replays that submission's events, and only first uses append.
 
 Rather than the events themselves, a key keeps their coordinates (topic, seq,
-position, published_at): a request with the same key must carry the same events
-(the request hash says so), so the payloads are the retry's own.
+position, published_at) and publisher: a request with the same key must carry
+the same events from the same publisher (the request hash says so), so the
+payloads are the retry's own.
 """
 
 from __future__ import annotations
@@ -40,9 +41,18 @@ def validate_key(key: object) -> str:
 
 
 def request_hash(events: Sequence[PendingEvent]) -> str:
-    """A digest of what is being published, blind to object key order."""
+    """A digest of what is being published and by whom, blind to object key order.
+
+    Another publisher's request with the same key and events is a conflict, not a
+    replay: its events would otherwise be dropped under someone else's name. With
+    no publisher an event hashes as it did before publishers were recorded, so a
+    retry across the upgrade still finds its key.
+    """
     canonical = [
-        [event.topic, event.exclude_id, json.loads(event.payload_json)] for event in events
+        [event.topic, event.exclude_id, json.loads(event.payload_json)]
+        if event.publisher is None
+        else [event.topic, event.exclude_id, json.loads(event.payload_json), event.publisher]
+        for event in events
     ]
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -50,7 +60,10 @@ def request_hash(events: Sequence[PendingEvent]) -> str:
 
 def encode_result(events: Sequence[Event]) -> str:
     return json.dumps(
-        [[ev.topic, ev.seq, ev.position, ev.published_at.isoformat()] for ev in events],
+        [
+            [ev.topic, ev.seq, ev.position, ev.published_at.isoformat(), ev.publisher]
+            for ev in events
+        ],
         separators=(",", ":"),
     )
 
@@ -59,14 +72,16 @@ def decode_result(text: str, pending: Sequence[PendingEvent]) -> list[Event]:
     rows = json.loads(text)
     return [
         Event(
-            topic=topic,
-            seq=seq,
-            position=position,
-            published_at=datetime.fromisoformat(published_at),
+            topic=row[0],
+            seq=row[1],
+            position=row[2],
+            published_at=datetime.fromisoformat(row[3]),
             payload_json=item.payload_json,
             exclude_id=item.exclude_id,
+            # Keys stored before revision 0005 hold four fields: their events have none.
+            publisher=row[4] if len(row) > 4 else None,
         )
-        for (topic, seq, position, published_at), item in zip(rows, pending, strict=True)
+        for row, item in zip(rows, pending, strict=True)
     ]
 
 

@@ -25,6 +25,8 @@ class Event:
     published_at: datetime
     payload_json: str
     exclude_id: str | None = None
+    # The ``sub`` of the token that published it; ``None`` on an open hub.
+    publisher: str | None = None
 
     @property
     def id(self) -> str:
@@ -45,6 +47,7 @@ class Event:
             "payload": self.payload,
             "published_at": format_timestamp(self.published_at),
             "exclude": self.exclude_id,
+            "publisher": self.publisher,
         }
 
 
@@ -74,6 +77,7 @@ class PendingEvent:
     topic: str
     payload_json: str
     exclude_id: str | None = None
+    publisher: str | None = None
 
 
 @dataclass(frozen=True)

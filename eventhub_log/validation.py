@@ -9,10 +9,17 @@ from datetime import datetime
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
-from .errors import InvalidPayload, InvalidSubscriber, InvalidTopic, ValidationError
+from .errors import (
+    InvalidPayload,
+    InvalidPublisher,
+    InvalidSubscriber,
+    InvalidTopic,
+    ValidationError,
+)
 
 MAX_TOPIC_LENGTH = 255
 MAX_SUBSCRIBER_LENGTH = 255
+MAX_PUBLISHER_LENGTH = 255
 TOPIC_RULE = (
     "a topic is 1 to 255 characters from letters, digits and ': _ - . @ /', "
     "with no leading or trailing '/' and no empty, '.' or '..' segment"
@@ -75,6 +82,31 @@ def validate_subscriber(subscriber_id: object) -> str:
 
 def validate_exclude(exclude_id: object) -> str | None:
     return None if exclude_id is None else validate_subscriber(exclude_id)
+
+
+def validate_publisher(publisher: object) -> str | None:
+    """``None`` (an open hub) or who published: the token's ``sub``, stored as given."""
+    if publisher is None:
+        return None
+    if not isinstance(publisher, str):
+        raise InvalidPublisher(
+            f"publisher must be a string or None, not {type(publisher).__name__}"
+        )
+    if not publisher or len(publisher) > MAX_PUBLISHER_LENGTH:
+        raise InvalidPublisher(
+            f"publisher must be 1 to {MAX_PUBLISHER_LENGTH} characters, not {len(publisher)}"
+        )
+    if not publisher.isascii():
+        # A lone surrogate (JSON's "\ud800" decodes to one) has no UTF-8 form: the
+        # database would refuse it at commit, failing the whole batch it rode in.
+        try:
+            publisher.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPublisher(
+                "publisher is not Unicode text: it contains a lone surrogate "
+                f"{publisher[exc.start : exc.end]!r}"
+            ) from exc
+    return publisher
 
 
 def validate_range(

@@ -58,6 +58,7 @@ def test_publish_then_history_and_export(url: str) -> None:
     first = json.loads(run("publish", "room:lobby", '{"text": "hi"}', "--database-url", url).stdout)
     assert (first["topic"], first["seq"], first["payload"]) == ("room:lobby", 1, {"text": "hi"})
     assert first["exclude"] is None
+    assert first["publisher"] is None
     second = json.loads(
         run(
             "publish", "room:lobby", "-", "--exclude", "ch-1", "--database-url", url, stdin="[1, 2]"
@@ -71,7 +72,15 @@ def test_publish_then_history_and_export(url: str) -> None:
     lines = ndjson(run("history", "room:lobby", "--database-url", url).stdout)
     assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[0] == first
-    assert list(lines[0]) == ["topic", "seq", "id", "payload", "published_at", "exclude"]
+    assert list(lines[0]) == [
+        "topic",
+        "seq",
+        "id",
+        "payload",
+        "published_at",
+        "exclude",
+        "publisher",
+    ]
 
     window = run(
         "export",
@@ -95,8 +104,8 @@ def test_publish_then_history_and_export(url: str) -> None:
 
     table = run("export", "room:lobby", "--format", "csv", "--database-url", url).stdout
     rows = list(csv.reader(io.StringIO(table)))
-    assert rows[0] == ["topic", "seq", "id", "published_at", "exclude", "payload"]
-    assert rows[2] == ["room:lobby", "2", second["id"], second["published_at"], "ch-1", "[1,2]"]
+    assert rows[0] == ["topic", "seq", "id", "published_at", "exclude", "publisher", "payload"]
+    assert rows[2] == ["room:lobby", "2", second["id"], second["published_at"], "ch-1", "", "[1,2]"]
     assert len(rows) == 7
 
 

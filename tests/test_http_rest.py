@@ -43,6 +43,7 @@ def test_publish_one_event_and_read_it_back(client: httpx.Client) -> None:
             "payload": {"text": "hi"},
             "published_at": body["published_at"],
             "exclude": None,
+            "publisher": None,
         },
         {
             "topic": "room:lobby",
@@ -51,6 +52,7 @@ def test_publish_one_event_and_read_it_back(client: httpx.Client) -> None:
             "payload": None,
             "published_at": second["published_at"],
             "exclude": "ch-1",
+            "publisher": None,
         },
     ]
 
@@ -193,7 +195,15 @@ def test_history_paging_filters_and_export(client: httpx.Client) -> None:
         assert response.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in response.iter_lines() if line]
     assert [e["seq"] for e in lines] == list(range(19, 0, -1))
-    assert list(lines[0]) == ["topic", "seq", "id", "payload", "published_at", "exclude"]
+    assert list(lines[0]) == [
+        "topic",
+        "seq",
+        "id",
+        "payload",
+        "published_at",
+        "exclude",
+        "publisher",
+    ]
     assert lines[0]["payload"] == {"n": 19}
 
 

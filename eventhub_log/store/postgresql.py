@@ -81,9 +81,9 @@ def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
 # NOTIFY (see ``signal_appended``); the final join makes it run exactly once.
 _APPEND = f"""
 WITH input AS (
-    SELECT topic, payload, exclude_id, ord
-    FROM unnest($1::text[], $2::text[], $3::text[])
-        WITH ORDINALITY AS i(topic, payload, exclude_id, ord)
+    SELECT topic, payload, exclude_id, publisher, ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $6::text[])
+        WITH ORDINALITY AS i(topic, payload, exclude_id, publisher, ord)
 ), head AS (
     UPDATE log_head SET position = position + $5::bigint WHERE id = 1 RETURNING position
 ), counts AS (
@@ -98,10 +98,10 @@ WITH input AS (
 ), notified AS (
     SELECT pg_notify('{EVENTS_CHANNEL}', position::text) FROM head
 )
-INSERT INTO events (topic, seq, position, payload, exclude_id, published_at)
+INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at)
 SELECT i.topic,
        b.last_seq - c.n + row_number() OVER (PARTITION BY i.topic ORDER BY i.ord),
-       h.position - $5::bigint + i.ord, i.payload, i.exclude_id, $4::timestamp
+       h.position - $5::bigint + i.ord, i.payload, i.exclude_id, i.publisher, $4::timestamp
 FROM input i
     JOIN bumped b ON b.topic = i.topic
     JOIN counts c ON c.topic = i.topic
@@ -132,6 +132,7 @@ async def append_batch(
             [item.exclude_id for item in pending],
             naive,
             len(pending),
+            [item.publisher for item in pending],
         )
     except (
         OSError,
@@ -158,6 +159,7 @@ async def append_batch(
             now,
             item.payload_json,
             item.exclude_id,
+            item.publisher,
         )
         for offset, item in enumerate(pending, start=1)
     ]

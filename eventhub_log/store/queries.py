@@ -21,6 +21,7 @@ _EVENT_COLUMNS = (
     events.c.published_at,
     events.c.payload,
     events.c.exclude_id,
+    events.c.publisher,
 )
 
 
@@ -36,6 +37,7 @@ def _event(row: Any) -> Event:
         published_at=row[3],
         payload_json=row[4],
         exclude_id=row[5],
+        publisher=row[6],
     )
     return event
 
@@ -80,6 +82,7 @@ async def append(
                 "position": ev.position,
                 "payload": ev.payload_json,
                 "exclude_id": ev.exclude_id,
+                "publisher": ev.publisher,
                 "published_at": now,
             }
             for ev in stored
@@ -104,7 +107,9 @@ def number_events(
         topic = item.topic
         position += 1
         seq = next_seq[topic] = next_seq[topic] + 1
-        stored.append(Event(topic, seq, position, now, item.payload_json, item.exclude_id))
+        stored.append(
+            Event(topic, seq, position, now, item.payload_json, item.exclude_id, item.publisher)
+        )
     return stored
 
 

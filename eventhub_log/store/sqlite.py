@@ -106,8 +106,8 @@ _BUMP_TOPIC = (
     "last_published_at = excluded.last_published_at RETURNING last_seq"
 )
 _INSERT_EVENTS = (
-    "INSERT INTO events (topic, seq, position, payload, exclude_id, published_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -150,7 +150,10 @@ def _append_on_thread(
         stored = number_events(pending, head, last_seqs, now)
         db.executemany(
             _INSERT_EVENTS,
-            [(e.topic, e.seq, e.position, e.payload_json, e.exclude_id, now_text) for e in stored],
+            [
+                (e.topic, e.seq, e.position, e.payload_json, e.exclude_id, e.publisher, now_text)
+                for e in stored
+            ],
         )
         db.execute("COMMIT")
     except BaseException:
