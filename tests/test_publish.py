@@ -154,7 +154,7 @@ async def test_a_cancelled_publish_still_lands_once_queued(hub: EventHub) -> Non
 async def _stored_rows(hub: EventHub) -> list[tuple[Any, ...]]:
     async with hub.database.read() as conn:
         events = await conn.exec_driver_sql(
-            "SELECT topic, seq, position, payload, exclude_id, published_at"
+            "SELECT topic, seq, position, payload, exclude_id, publisher, published_at"
             " FROM events ORDER BY position"
         )
         topics = await conn.exec_driver_sql(
@@ -174,6 +174,7 @@ async def test_sqlite_writer_stores_what_the_sqlalchemy_path_stores(
             await asyncio.gather(*(hub.publish(f"t:{n % 3}", None, {"n": n}) for n in range(30)))
             await hub.publish("t:0", "ch-1", ["excluded"])
             await hub.publish_many([("t:1", None, 1), ("t:9", "x", 2)])
+            await hub.publish("t:2", None, "signed", publisher="alice")
             return await _stored_rows(hub)
 
     fast = await publish_all("fast.db")
@@ -184,7 +185,7 @@ async def test_sqlite_writer_stores_what_the_sqlalchemy_path_stores(
 
     monkeypatch.setattr(sqlite_store, "append_batch", no_shortcut)
     portable = await publish_all("portable.db")
-    assert sum(declined) == 33  # every event went the portable way
+    assert sum(declined) == 34  # every event went the portable way
 
     timestamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
     for rows in (fast, portable):
@@ -197,7 +198,8 @@ async def test_sqlite_writer_stores_what_the_sqlalchemy_path_stores(
         return [tuple(v for v in row if not (isinstance(v, str) and v[:2] == "20")) for row in rows]
 
     assert without_times(fast) == without_times(portable)
-    assert len(fast) == 33 + 4
+    assert len(fast) == 34 + 4
+    assert [row[5] for row in fast[:34]].count("alice") == 1
 
 
 async def test_a_failed_commit_fails_its_callers_and_the_writer_goes_on(hub: EventHub) -> None:

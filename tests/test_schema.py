@@ -5,15 +5,21 @@ from __future__ import annotations
 import gc
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
 
+from alembic import command
 from eventhub_log import EventHub, SchemaError
-from eventhub_log.migrations import head_revision
+from eventhub_log.migrations import alembic_config, head_revision
 from eventhub_log.store.database import open_database
+from eventhub_log.store.tables import metadata
 
 from . import databases
 
@@ -50,6 +56,94 @@ async def empty_postgres(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         await admin.close()
     yield databases._database_url(name)
     await databases.drop_pg_database(name)
+
+
+@pytest.fixture
+def empty_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database with no tables at all, on either backend."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    # The template first, outside any event loop: its setup runs one of its own.
+    request.getfixturevalue("postgres_template")
+    return str(request.getfixturevalue("empty_postgres"))
+
+
+async def _upgrade_to(url: str, revision: str) -> None:
+    def upgrade(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    database = open_database(url)
+    try:
+        async with database.write() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        await database.engine.dispose()
+
+
+async def _event_columns(url: str) -> list[str]:
+    database = open_database(url)
+    try:
+        async with database.engine.connect() as conn:
+            columns = await conn.run_sync(lambda sync: inspect(sync).get_columns("events"))
+    finally:
+        await database.engine.dispose()
+    return [column["name"] for column in columns]
+
+
+async def test_head_is_the_publisher_revision_and_the_tables_mirror_it(database_url: str) -> None:
+    assert head_revision() == "0005"
+    async with EventHub(database_url, auto_migrate=True) as hub, hub.database.read() as conn:
+        differences = await conn.run_sync(
+            lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"compare_type": True}), metadata
+            )
+        )
+    assert differences == []
+
+
+async def test_0005_upgrades_a_database_at_0004_holding_events(empty_database: str) -> None:
+    url = empty_database
+    await _upgrade_to(url, "0004")
+    assert await _revision(url) == "0004"
+    assert "publisher" not in await _event_columns(url)
+    database = open_database(url)
+    try:
+        async with database.write() as conn:
+            # What 0004's writer left: two events of one topic, the head and seq after them.
+            await conn.execute(text("UPDATE log_head SET position = 2 WHERE id = 1"))
+            await conn.execute(
+                text(
+                    "INSERT INTO topics (topic, last_seq, created_at, last_published_at) "
+                    "VALUES ('old', 2, :at, :at)"
+                ),
+                {"at": datetime(2026, 1, 2, 3, 4, 5)},
+            )
+            for seq in (1, 2):
+                await conn.execute(
+                    text(
+                        "INSERT INTO events (topic, seq, position, payload, exclude_id, "
+                        "published_at) VALUES ('old', :seq, :seq, :payload, NULL, :at)"
+                    ),
+                    {"seq": seq, "payload": f'{{"n":{seq}}}', "at": datetime(2026, 1, 2, 3, 4, 5)},
+                )
+    finally:
+        await database.engine.dispose()
+
+    async with EventHub(url, auto_migrate=True) as hub:
+        assert await _revision(url) == head_revision()
+        kept = await hub.history("old")
+        assert [(e.seq, e.payload, e.publisher) for e in kept] == [
+            (1, {"n": 1}, None),
+            (2, {"n": 2}, None),
+        ]
+        assert all(e.to_dict()["publisher"] is None for e in kept)
+        new = await hub.publish("old", None, {"n": 3}, publisher="alice")
+        assert (new.seq, new.position) == (3, 3)
+        async with hub.database.read() as conn:
+            rows = await conn.execute(text("SELECT seq, publisher FROM events ORDER BY seq"))
+            assert [tuple(row) for row in rows] == [(1, None), (2, None), (3, "alice")]
 
 
 async def test_new_sqlite_file_is_brought_to_head_by_itself(tmp_path: Path) -> None:
