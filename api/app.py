@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from eventhub_log import EventHub
 
 from . import errors
+from .auth import auth_from_settings
 from .body_limit import BodyLimitMiddleware
 from .fast_publish import FastPublish
 from .metrics import Metrics, MetricsMiddleware
@@ -84,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with hub:
             app.state.hub = hub
             if not _telemetry_enabled(app):
-                app.fast_publish = FastPublish(hub, app.state.metrics, settings.body_limit)
+                app.fast_publish = FastPublish(
+                    hub, app.state.metrics, settings.body_limit, app.state.auth
+                )
             if settings.gc_freeze:
                 _settle_garbage_collector()
             try:
@@ -99,10 +103,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.auth = auth_from_settings(settings)
     errors.install(app)
     for module in (publish, history, topics, subscriptions, stream, ws, metrics, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit)
+    if settings.cors_origin_list:
+        # Outside the routes, so that preflights are answered before any token
+        # is asked for; credentials allowed, for the eventhub_token cookie.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            max_age=600,
+        )
     # Outermost, so that it also counts the 413s of the body limit.
     app.state.metrics = Metrics(lambda: getattr(app.state, "hub", None))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -31,11 +31,12 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
@@ -56,8 +57,17 @@ from eventhub_log.channels import (
 )
 from eventhub_log.model import Event, Gap
 
+from .auth import (
+    QUERY,
+    IdentityDep,
+    admit_websocket,
+    deny_websocket,
+    require_subscriber,
+)
+from .authz import Identity
+from .body import is_json
 from .errors import ApiError, status_of
-from .routes.ws import limits
+from .routes.ws import close_at_expiry, limits
 from .settings import Settings
 from .sse import encode_event, encode_gap
 from .websocket import (
@@ -71,7 +81,7 @@ from .websocket import (
 
 log = logging.getLogger(__name__)
 
-RESERVED_QUERY = {"last_event_id", "opening"}
+RESERVED_QUERY = {"last_event_id", "opening", QUERY}
 SSE_OUTBOX = 256
 # How often an idle channel stream looks for a server shutdown (and a ping due).
 SHUTDOWN_CHECK = 0.5
@@ -131,12 +141,17 @@ def _opening(query: Iterable[tuple[str, str]]) -> Any:
     return {key: value for key, value in pairs if key not in RESERVED_QUERY}
 
 
-def _info(channel_id: str, headers: Any, query: Any, client: Any) -> ConnectionInfo:
+def _info(
+    channel_id: str, headers: Any, query: Any, client: Any, identity: Identity
+) -> ConnectionInfo:
+    # The token itself stays here: handlers get the identity it proved, and a
+    # handler that logs its headers or query logs no credential.
     return ConnectionInfo(
         channel_id=channel_id,
-        headers=dict(headers),
-        query=dict(query),
+        headers={name: value for name, value in headers.items() if name != "authorization"},
+        query={name: value for name, value in query.items() if name != QUERY},
         client=client.host if client is not None else None,
+        subject=identity.sub,
     )
 
 
@@ -166,8 +181,18 @@ router = APIRouter(tags=["channels"])
 async def channel_socket(websocket: WebSocket, name: str, channel_id: str) -> None:
     hub: EventHub = websocket.app.state.hub
     settings: Settings = websocket.app.state.settings
+    identity = await admit_websocket(websocket, settings.cors_origin_list)
+    if identity is None:
+        return
+    try:
+        # The channel id names its subscription rows: it must be the token's own.
+        require_subscriber(identity, channel_id)
+    except ApiError as exc:
+        await deny_websocket(websocket, exc)
+        return
     await websocket.accept()
     async with Connection(websocket, limits(settings)) as conn:
+        expiry = close_at_expiry(conn, identity)
         route = websocket.app.state.channels.get(name)
         if route is None:
             await conn.send(error_frame("unknown_channel", f"no channel named {name[:80]!r}"))
@@ -186,7 +211,7 @@ async def channel_socket(websocket: WebSocket, name: str, channel_id: str) -> No
                 channel_id,
                 _opening(query.multi_items()),
                 send,
-                info=_info(channel_id, websocket.headers, query, websocket.client),
+                info=_info(channel_id, websocket.headers, query, websocket.client, identity),
                 after=query.get("last_event_id"),
                 buffer=settings.stream_buffer,
             ) as channel:
@@ -199,6 +224,9 @@ async def channel_socket(websocket: WebSocket, name: str, channel_id: str) -> No
                 await conn.send(error_frame(code, message))
             internal = isinstance(exc, HandlerFailed | lib.StorageError)
             await conn.close(CLOSE_INTERNAL if internal else CLOSE_POLICY, code)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
 
 async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
@@ -281,6 +309,7 @@ class ChannelEventStream(Response):
         channel: ChannelConnection,
         outbox: _Outbox,
         heartbeat: float,
+        expires_at: float | None = None,
     ) -> None:
         super().__init__(
             status_code=200,
@@ -293,6 +322,7 @@ class ChannelEventStream(Response):
         self.channel = channel
         self.outbox = outbox
         self.heartbeat = heartbeat
+        self.expires_at = expires_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -324,6 +354,8 @@ class ChannelEventStream(Response):
                 except TimeoutError:
                     if _server_exiting():
                         break  # end cleanly; the client resumes by Last-Event-ID
+                    if self.expires_at is not None and time.time() >= self.expires_at:
+                        break  # the token ran out: the client comes back with a new one
                     if loop.time() - last_write < self.heartbeat:
                         continue
                     chunk = b": ping\n\n"
@@ -384,10 +416,13 @@ async def _wait_disconnect(receive: Receive) -> None:
     response_class=ChannelEventStream,
     summary="A channel as server-sent events (send its messages by POST)",
 )
-async def channel_events(request: Request, name: str, channel_id: str) -> Response:
+async def channel_events(
+    request: Request, name: str, channel_id: str, identity: IdentityDep
+) -> Response:
     hub: EventHub = request.app.state.hub
     settings: Settings = request.app.state.settings
     route = _route(request.app, name)
+    require_subscriber(identity, channel_id)
     outbox = _Outbox(SSE_OUTBOX)
 
     async def send(data: Any) -> None:
@@ -405,7 +440,9 @@ async def channel_events(request: Request, name: str, channel_id: str) -> Respon
                 channel_id,
                 _opening(request.query_params.multi_items()),
                 send,
-                info=_info(channel_id, request.headers, request.query_params, request.client),
+                info=_info(
+                    channel_id, request.headers, request.query_params, request.client, identity
+                ),
                 after=after,
                 buffer=settings.stream_buffer,
             )
@@ -425,7 +462,16 @@ async def channel_events(request: Request, name: str, channel_id: str) -> Respon
     except BaseException:
         await stack.aclose()
         raise
-    return ChannelEventStream(stack, channel, outbox, settings.heartbeat_interval)
+    return ChannelEventStream(
+        stack, channel, outbox, settings.heartbeat_interval, identity.expires_at
+    )
+
+
+async def _json_sender(request: Request, identity: IdentityDep) -> Identity:
+    # A dependency, so that it is settled before FastAPI reads the body.
+    if not is_json(request.headers.get("content-type")):
+        raise ApiError(415, "unsupported_media_type", "the body must be application/json")
+    return identity
 
 
 class ChannelMessage(BaseModel):
@@ -441,9 +487,16 @@ class ChannelMessage(BaseModel):
     summary="Send a message to a channel connected by SSE (or WebSocket); the reply is returned",
 )
 async def channel_message(
-    request: Request, name: str, channel_id: str, message: ChannelMessage
+    request: Request,
+    name: str,
+    channel_id: str,
+    identity: Annotated[Identity, Depends(_json_sender)],
+    message: ChannelMessage,
 ) -> JSONResponse:
+    """Only as a subscriber id the token may act as, and only as JSON (a cross-site
+    form cannot send it), like every publish."""
     _route(request.app, name)
+    require_subscriber(identity, channel_id)
     connection: ChannelConnection | None = request.app.state.channel_connections.get(
         (name, channel_id)
     )

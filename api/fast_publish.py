@@ -37,13 +37,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from eventhub_log import EventHub
 from eventhub_log.errors import EventHubError
 
-from .errors import error_response, status_of
+from .auth import Auth
+from .authz import Identity, Right
+from .errors import ApiError, error_response, status_of
 from .metrics import STARTED_KEY, Metrics
 from .routes import publish
 from .schemas import BatchIn, PublishIn
 
-# (hub, path parameters, validated body, idempotency key) -> (JSON answer, status)
-Publisher = Callable[[EventHub, dict[str, str], Any, str | None], Awaitable[tuple[bytes, int]]]
+# (hub, path parameters, validated body, idempotency key, identity) -> (JSON answer, status)
+Publisher = Callable[
+    [EventHub, dict[str, str], Any, str | None, Identity], Awaitable[tuple[bytes, int]]
+]
+# The topics a validated body publishes to, for the authorization check.
+Topics = Callable[[dict[str, str], Any], list[str]]
 
 
 @dataclass(frozen=True)
@@ -52,35 +58,41 @@ class _Route:
     pattern: re.Pattern[str]
     model: type[BaseModel]
     publish: Publisher
+    topics: Topics
 
 
-def _route(path: str, model: type[BaseModel], publisher: Publisher) -> _Route:
+def _route(path: str, model: type[BaseModel], publisher: Publisher, topics: Topics) -> _Route:
     template = publish.router.prefix + path
     # Starlette's own compilation of the template, so that exactly the paths the
     # router would match are matched (a newline in a topic is not, for instance).
     pattern, _, _ = compile_path(template)
-    return _Route(template, pattern, model, publisher)
+    return _Route(template, pattern, model, publisher, topics)
 
 
 ROUTES = (
     _route(
         publish.ONE,
         PublishIn,
-        lambda hub, params, body, key: publish.publish_one(hub, params["topic"], body, key),
+        lambda hub, params, body, key, who: publish.publish_one(
+            hub, params["topic"], body, key, who
+        ),
+        lambda params, _body: [params["topic"]],
     ),
     _route(
         publish.BATCH,
         BatchIn,
-        lambda hub, _params, body, key: publish.publish_many(hub, body, key),
+        lambda hub, _params, body, key, who: publish.publish_many(hub, body, key, who),
+        lambda _params, body: [item.topic for item in body.events],
     ),
 )
 
 
 class FastPublish:
-    def __init__(self, hub: EventHub, metrics: Metrics, body_limit: int) -> None:
+    def __init__(self, hub: EventHub, metrics: Metrics, body_limit: int, auth: Auth) -> None:
         self.hub = hub
         self.metrics = metrics
         self.body_limit = body_limit
+        self.auth = auth
 
     @staticmethod
     def route_of(scope: Scope) -> tuple[_Route, dict[str, str]] | None:
@@ -119,11 +131,19 @@ class FastPublish:
                 # Malformed or too large: the body limit's own 413 (or the route's
                 # answer), before a byte of the body is read.
                 odd |= not value.isdigit() or int(value) > self.body_limit
-        # Exactly what JSON clients send; read_json's wider rules (no header,
-        # parameters, +json) are the route's to apply.
+            elif name == b"origin":
+                odd = True  # a browser's request: CORS headers are the middleware's
+        # Exactly what JSON clients send; read_json's wider rules (parameters)
+        # are the route's to apply.
         json_body = content_type == b"application/json" and not odd
         read: list[Message] = []
-        if not json_body:
+        identity: Identity | None = None
+        if json_body:
+            try:
+                identity = self.auth.identify(self.auth.token_of_scope(scope))
+            except ApiError:
+                identity = None  # the route answers 401, from the one place errors are made
+        if identity is None:
             await self._hand_over(scope, receive, send, full_stack, read, started)
             return
         size = 0
@@ -146,11 +166,16 @@ class FastPublish:
         except Exception:  # the route's 422 (or whatever it makes of it): nothing written yet
             await self._hand_over(scope, receive, send, full_stack, read, started)
             return
+        topics = route.topics(params, body)
+        if not all(identity.may(Right.PUBLISH, topic) for topic in topics):
+            # The route's 401 or 403 (api/auth.py), before anything is written.
+            await self._hand_over(scope, receive, send, full_stack, read, started)
+            return
 
         # From here on the hub may have appended: answer whatever happens.
         response: Response
         try:
-            content, status = await route.publish(self.hub, params, body, key)
+            content, status = await route.publish(self.hub, params, body, key, identity)
             response = Response(content, status, media_type="application/json")
         except EventHubError as exc:
             status, code = status_of(exc)

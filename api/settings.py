@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,39 @@ class Settings(BaseSettings):
     ws_send_queue: int = Field(default=256, ge=1, description="frames queued per WebSocket")
     ws_frame_rate: float = Field(default=1000.0, gt=0, description="client frames/s allowed")
     ws_frame_burst: int = Field(default=5000, ge=1, description="client frames in a burst")
+
+    # Contract section 6. The secret is a SecretStr so that no repr or log shows it.
+    auth_secret: SecretStr | None = Field(default=None, description="HS256 shared secret")
+    auth_secret_file: str | None = Field(default=None, description="file holding the secret")
+    auth_public_key: str | None = Field(
+        default=None, description="path of a PEM public key (RS256, ES256, EdDSA tokens)"
+    )
+    auth_audience: str | None = Field(
+        default=None, description="when set, tokens must carry this 'aud'; else none may"
+    )
+    auth_anonymous: str | None = Field(
+        default=None, description="the grant of requests without a token, as JSON"
+    )
+    auth_query_token: bool = Field(default=True, description="accept ?access_token=")
+    auth_leeway: float = Field(
+        default=5.0, ge=0, le=30, description="seconds a token is still taken past its exp"
+    )
+    cors_origins: str = Field(
+        default="", description="comma-separated origins allowed by CORS (and WebSocket Origin)"
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, value: str) -> str:
+        if "*" in value:
+            # With credentials allowed, "*" would let every site act with a
+            # visitor's eventhub_token cookie.
+            raise ValueError("EVENTHUB_CORS_ORIGINS lists origins; '*' is not allowed")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def effective_mode(self) -> Literal["stateful", "stateless"]:

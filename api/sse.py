@@ -64,6 +64,7 @@ import functools
 import json
 import logging
 import signal
+import time
 from collections import OrderedDict
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -224,8 +225,14 @@ class StreamRegistry:
             if not self.shutting_down and _server_exiting():
                 self.shutting_down = True
             now = loop.time()
+            wall = time.time()
             for stream in list(self._streams):
                 if self.shutting_down:
+                    stream.end()
+                elif stream.expires_at is not None and wall >= stream.expires_at:
+                    # The token ran out: end cleanly (the rows go as on any close);
+                    # the client comes back with a fresh one and its Last-Event-ID.
+                    stream.expires_at = None
                     stream.end()
                 elif stream.send_started and now - stream.send_started > self.write_timeout:
                     log.info("cutting off a stream blocked on a full socket: %s", stream.subscriber)
@@ -238,8 +245,16 @@ class _Stream:
     """One open SSE response: a writer task, a disconnect listener, and the
     ``on_ready`` hook through which live events are written on the spot."""
 
-    def __init__(self, feed: Feed, send: Send, receive: Receive, registry: StreamRegistry) -> None:
+    def __init__(
+        self,
+        feed: Feed,
+        send: Send,
+        receive: Receive,
+        registry: StreamRegistry,
+        expires_at: float | None = None,
+    ) -> None:
         self.feed = feed
+        self.expires_at = expires_at  # the token's exp, seconds since the epoch
         self.subscriber = feed.subscriber_id
         self._send = send
         self._receive = receive
@@ -425,6 +440,7 @@ class EventStreamResponse(Response):
         after: str | None,
         from_earliest: bool,
         buffer: int | None = None,
+        expires_at: float | None = None,
     ) -> None:
         # Response.__init__ would add a content-length for an empty body.
         self.status_code = 200
@@ -436,6 +452,7 @@ class EventStreamResponse(Response):
         self._after = after
         self._from_earliest = from_earliest
         self._buffer = buffer
+        self._expires_at = expires_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
@@ -458,7 +475,7 @@ class EventStreamResponse(Response):
                 opening = encode_ready(feed.cursor, feed.subscriber_id, topics)
                 opening += b"".join(encode_gap(gap) for gap in gaps)
                 await send({"type": "http.response.body", "body": opening, "more_body": True})
-                stream = _Stream(feed, send, receive, self._registry)
+                stream = _Stream(feed, send, receive, self._registry, self._expires_at)
                 self._registry.add(stream)
                 try:
                     await stream.run()

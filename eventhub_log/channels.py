@@ -72,6 +72,9 @@ class ConnectionInfo:
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     client: str | None = None
+    # The verified ``sub`` of the client's token, where the server checks tokens;
+    # the default session's ``user_id``.
+    subject: str | None = None
 
 
 SendFn = Callable[[Any], Awaitable[None]]
@@ -145,7 +148,7 @@ class MessageRoute:
 
 
 def _default_session(info: ConnectionInfo) -> Session:
-    return Session()
+    return Session(user_id=info.subject)
 
 
 class ChannelRoute(Generic[OpeningT]):

@@ -249,7 +249,7 @@ async def test_a_hub_error_once_publishing_is_answered_and_not_retried(
         hub = app.state.hub
         calls: list[str] = []
 
-        async def down(*args: Any) -> Any:
+        async def down(*args: Any, **_kwargs: Any) -> Any:
             calls.append(args[0])
             raise DatabaseUnavailable("database unavailable: the test pulled the plug")
 

@@ -19,6 +19,8 @@ from eventhub_log.hub import MAX_HISTORY_LIMIT
 from eventhub_log.timeutil import parse_rfc3339
 from eventhub_log.validation import validate_topic
 
+from ..auth import QUERY, IdentityDep, require
+from ..authz import Right
 from ..deps import HubDep
 from ..errors import ApiError
 from ..schemas import HistoryOut, errors
@@ -53,13 +55,14 @@ def parse_time(name: str, value: str | None) -> datetime | None:
             "description": f"a page; with `Accept: {NDJSON}` the whole selected range, "
             "one event a line",
         },
-        **errors(400, 422),
+        **errors(400, 401, 403, 422),
     },
 )
 async def topic_history(
     request: Request,
     topic: str,
     hub: HubDep,
+    identity: IdentityDep,
     after_seq: Seq = None,
     before_seq: Seq = None,
     since: Time = None,
@@ -68,8 +71,10 @@ async def topic_history(
     order: Literal["asc", "desc"] = "asc",
 ) -> Response:
     """Filters: ``after_seq``/``before_seq`` (exclusive), ``since`` (inclusive) and
-    ``until`` (exclusive). ``next`` continues in the same order with the same filters."""
+    ``until`` (exclusive). ``next`` continues in the same order with the same filters.
+    Needs the ``history`` right on the topic."""
     validate_topic(topic)
+    require(identity, Right.HISTORY, topic)
     selection = Selection(
         after_seq=after_seq,
         before_seq=before_seq,
@@ -90,7 +95,8 @@ async def topic_history(
     )
     link: str | None = None
     if page.has_more:
-        params = {key: value for key, value in request.query_params.items()}
+        # Never the token: a link is copied into logs, bookmarks and other hands.
+        params = {key: value for key, value in request.query_params.items() if key != QUERY}
         last = page.events[-1].seq
         params["before_seq" if order == "desc" else "after_seq"] = str(last)
         link = f"/v1/topics/{topic}/events?{urlencode(params)}"

@@ -14,6 +14,8 @@ from eventhub_log import EventHub
 from eventhub_log.export import event_json
 from eventhub_log.model import format_timestamp
 
+from ..auth import IdentityDep, require, require_all
+from ..authz import Identity, Right
 from ..body import json_bytes, openapi_body, read_json
 from ..schemas import BatchIn, BatchOut, PublishedOut, PublishIn, errors
 
@@ -33,8 +35,7 @@ _IDEMPOTENCY_KEY = {
 _TOPIC = {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "a retry: the stored result of the first request"},
-    415: {"description": "the body is not application/json"},
-    **errors(400, 409, 413, 422, 503),
+    **errors(400, 401, 403, 409, 413, 415, 422, 503),
 }
 
 
@@ -46,14 +47,14 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_RESPONSES,
     openapi_extra=openapi_body(PublishIn, _TOPIC, _IDEMPOTENCY_KEY),
 )
-async def publish_event(request: Request) -> Response:
-    """Answers once the event is committed to the log."""
+async def publish_event(request: Request, identity: IdentityDep) -> Response:
+    """Answers once the event is committed to the log. Needs the ``publish`` right
+    on the topic; the event records the token's ``sub`` as its publisher."""
     body = await read_json(request, PublishIn)
+    topic = request.path_params["topic"]
+    require(identity, Right.PUBLISH, topic)
     content, status = await publish_one(
-        request.app.state.hub,
-        request.path_params["topic"],
-        body,
-        request.headers.get("idempotency-key"),
+        request.app.state.hub, topic, body, request.headers.get("idempotency-key"), identity
     )
     return Response(content, status, media_type="application/json")
 
@@ -66,11 +67,13 @@ async def publish_event(request: Request) -> Response:
     responses=_RESPONSES,
     openapi_extra=openapi_body(BatchIn, _IDEMPOTENCY_KEY),
 )
-async def publish_batch(request: Request) -> Response:
-    """All events or none; they are stored, and returned, in the order given."""
+async def publish_batch(request: Request, identity: IdentityDep) -> Response:
+    """All events or none; they are stored, and returned, in the order given. Every
+    event's topic needs the ``publish`` right, or the whole batch is refused."""
     body = await read_json(request, BatchIn)
+    require_all(identity, Right.PUBLISH, [item.topic for item in body.events])
     content, status = await publish_many(
-        request.app.state.hub, body, request.headers.get("idempotency-key")
+        request.app.state.hub, body, request.headers.get("idempotency-key"), identity
     )
     return Response(content, status, media_type="application/json")
 
@@ -80,14 +83,18 @@ async def publish_batch(request: Request) -> Response:
 
 
 async def publish_one(
-    hub: EventHub, topic: str, body: PublishIn, key: str | None
+    hub: EventHub, topic: str, body: PublishIn, key: str | None, identity: Identity
 ) -> tuple[bytes, int]:
-    """The JSON answer and status of publishing ``body`` to ``topic``."""
+    """The JSON answer and status of publishing ``body`` to ``topic``; the caller
+    has checked that ``identity`` may."""
     status = 201
+    publisher = identity.sub
     if key is None:
-        event = await hub.publish(topic, body.exclude, body.payload)
+        event = await hub.publish(topic, body.exclude, body.payload, publisher=publisher)
     else:
-        (event,), replayed = await hub.publish_once(key, [(topic, body.exclude, body.payload)])
+        (event,), replayed = await hub.publish_once(
+            key, [(topic, body.exclude, body.payload)], publisher=publisher
+        )
         status = 200 if replayed else 201
     answer = {
         "topic": event.topic,
@@ -98,14 +105,17 @@ async def publish_one(
     return json_bytes(answer), status
 
 
-async def publish_many(hub: EventHub, body: BatchIn, key: str | None) -> tuple[bytes, int]:
-    """The JSON answer and status of publishing the batch ``body``."""
+async def publish_many(
+    hub: EventHub, body: BatchIn, key: str | None, identity: Identity
+) -> tuple[bytes, int]:
+    """The JSON answer and status of publishing the batch ``body``; the caller has
+    checked that ``identity`` may."""
     items = [(item.topic, item.exclude, item.payload) for item in body.events]
     status = 201
     if key is None:
-        stored = await hub.publish_many(items)
+        stored = await hub.publish_many(items, publisher=identity.sub)
     else:
-        stored, replayed = await hub.publish_once(key, items)
+        stored, replayed = await hub.publish_once(key, items, publisher=identity.sub)
         status = 200 if replayed else 201
     events = ",".join(event_json(event) for event in stored)
     return f'{{"events":[{events}]}}'.encode(), status

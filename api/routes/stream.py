@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -9,6 +10,8 @@ from fastapi import APIRouter, Header, Query, Request
 from eventhub_log.model import parse_cursor
 from eventhub_log.validation import validate_subscriber, validate_topic
 
+from ..auth import IdentityDep, require_all, require_subscriber
+from ..authz import Identity, Right
 from ..deps import HubDep, SettingsDep
 from ..sse import MEDIA_TYPE, EventStreamResponse, registry_of
 
@@ -40,6 +43,11 @@ _ERROR = {
     responses={
         200: {"content": {MEDIA_TYPE: {}}, "description": "the event stream"},
         400: {"description": "invalid topic, subscriber or cursor", **_ERROR},
+        401: {"description": "no valid token where one is needed", **_ERROR},
+        403: {
+            "description": "no subscribe right on a topic, or a subscriber id not the token's",
+            **_ERROR,
+        },
         422: {"description": "no topic, or an unknown `from` value", **_ERROR},
     },
 )
@@ -47,6 +55,7 @@ async def stream(
     request: Request,
     hub: HubDep,
     settings: SettingsDep,
+    identity: IdentityDep,
     topic: Annotated[list[str], Query(description="a topic to follow (repeatable)")],
     subscriber: Annotated[
         str | None, Query(description="subscriber id; assigned by the server when absent")
@@ -64,8 +73,12 @@ async def stream(
     ] = None,
 ) -> EventStreamResponse:
     topics = list(dict.fromkeys(validate_topic(name) for name in topic))
+    require_all(identity, Right.SUBSCRIBE, topics)
     if subscriber is not None:
         validate_subscriber(subscriber)
+        require_subscriber(identity, subscriber)
+    else:
+        subscriber = assigned_subscriber(identity)
     # An EventSource reconnects to the URL it was opened with, adding the header:
     # the header is the newer position, so it wins over the query, and a resume
     # wins over from=earliest.
@@ -84,4 +97,14 @@ async def stream(
         subscriber=subscriber,
         after=cursor,
         from_earliest=from_ == "earliest" and cursor is None,
+        expires_at=identity.expires_at,
     )
+
+
+def assigned_subscriber(identity: Identity) -> str | None:
+    """The id of a stream or socket opened without one: ``{sub}:<random>``, an id
+    of the token's own that nobody else may act as; for an anonymous client the
+    hub's default (``None`` here)."""
+    if identity.sub is None:
+        return None
+    return validate_subscriber(f"{identity.sub}:{uuid.uuid4().hex}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from ..auth import IdentityDep, require, require_subscriber
+from ..authz import Right
 from ..deps import HubDep
 from ..errors import ApiError
 from ..schemas import RemovedOut, SubscriberTopicsOut, SubscriptionOut, errors
@@ -15,9 +17,15 @@ router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
 @router.put(
     "/{subscriber}/topics/{topic:path}",
     summary="Subscribe (idempotent)",
-    responses=errors(400),
+    responses=errors(400, 401, 403),
 )
-async def subscribe(subscriber: str, topic: str, hub: HubDep) -> SubscriptionOut:
+async def subscribe(
+    subscriber: str, topic: str, hub: HubDep, identity: IdentityDep
+) -> SubscriptionOut:
+    """Needs the ``subscribe`` right on the topic, and ``subscriber`` among the ids
+    the token may act as."""
+    require_subscriber(identity, subscriber)
+    require(identity, Right.SUBSCRIBE, topic)
     await hub.subscribe(topic, subscriber)
     return SubscriptionOut(subscriber=subscriber, topic=topic)
 
@@ -26,9 +34,10 @@ async def subscribe(subscriber: str, topic: str, hub: HubDep) -> SubscriptionOut
     "/{subscriber}/topics/{topic:path}",
     status_code=204,
     summary="Unsubscribe",
-    responses=errors(400, 404),
+    responses=errors(400, 401, 403, 404),
 )
-async def unsubscribe(subscriber: str, topic: str, hub: HubDep) -> Response:
+async def unsubscribe(subscriber: str, topic: str, hub: HubDep, identity: IdentityDep) -> Response:
+    require_subscriber(identity, subscriber)
     if not await hub.unsubscribe(topic, subscriber):
         raise ApiError(
             404, "not_subscribed", f"subscriber {subscriber!r} is not subscribed to {topic!r}"
@@ -36,15 +45,19 @@ async def unsubscribe(subscriber: str, topic: str, hub: HubDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{subscriber}", summary="A subscriber's topics", responses=errors(400))
-async def subscriber_topics(subscriber: str, hub: HubDep) -> SubscriberTopicsOut:
+@router.get("/{subscriber}", summary="A subscriber's topics", responses=errors(400, 401, 403))
+async def subscriber_topics(
+    subscriber: str, hub: HubDep, identity: IdentityDep
+) -> SubscriberTopicsOut:
+    require_subscriber(identity, subscriber)
     return SubscriberTopicsOut(subscriber=subscriber, topics=await hub.subscriptions(subscriber))
 
 
 @router.delete(
     "/{subscriber}",
     summary="Remove all of a subscriber's subscriptions in one transaction",
-    responses=errors(400),
+    responses=errors(400, 401, 403),
 )
-async def unsubscribe_all(subscriber: str, hub: HubDep) -> RemovedOut:
+async def unsubscribe_all(subscriber: str, hub: HubDep, identity: IdentityDep) -> RemovedOut:
+    require_subscriber(identity, subscriber)
     return RemovedOut(subscriber=subscriber, removed=await hub.unsubscribe_all(subscriber))

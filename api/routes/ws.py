@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -23,7 +24,9 @@ from eventhub_log import EventHub, Feed
 from eventhub_log import errors as lib
 from eventhub_log.model import format_timestamp
 
-from ..errors import status_of
+from ..auth import admit_websocket, deny_websocket, require_all, require_subscriber
+from ..authz import Identity, Right
+from ..errors import ApiError, status_of
 from ..settings import Settings
 from ..websocket import (
     CLOSE_GOING_AWAY,
@@ -34,6 +37,7 @@ from ..websocket import (
     error_frame,
     library_error_frame,
 )
+from .stream import assigned_subscriber
 
 router = APIRouter(tags=["websocket"])
 
@@ -70,10 +74,13 @@ async def pump(feed: Feed, connection: Connection) -> None:
 class _Stream:
     """The connection's current feed; ``resume`` swaps in a new one."""
 
-    def __init__(self, hub: EventHub, connection: Connection, subscriber: str) -> None:
+    def __init__(
+        self, hub: EventHub, connection: Connection, subscriber: str, identity: Identity
+    ) -> None:
         self.hub = hub
         self.connection = connection
         self.subscriber = subscriber
+        self.identity = identity
         self._stack: AsyncExitStack | None = None
         self._pump: asyncio.Task[None] | None = None
         self.feed: Feed | None = None
@@ -115,10 +122,28 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     hub: EventHub = websocket.app.state.hub
     settings: Settings = websocket.app.state.settings
     query = websocket.query_params
+    identity = await admit_websocket(websocket, settings.cors_origin_list)
+    if identity is None:
+        return
+    # Rights are checked before the socket is accepted, so a refusal is the
+    # handshake's answer (401 or 403) rather than a socket that opens and closes.
+    try:
+        subscriber = query.get("subscriber")
+        if subscriber is not None:
+            require_subscriber(identity, subscriber)
+        else:
+            subscriber = assigned_subscriber(identity) or f"ws-{uuid.uuid4().hex}"
+        require_all(identity, Right.SUBSCRIBE, query.getlist("topic"))
+    except (ApiError, lib.ValidationError) as exc:
+        if isinstance(exc, lib.ValidationError):
+            status, code = status_of(exc)
+            exc = ApiError(status, code, str(exc))
+        await deny_websocket(websocket, exc)
+        return
     await websocket.accept()
     async with Connection(websocket, limits(settings)) as connection:
-        subscriber = query.get("subscriber") or f"ws-{uuid.uuid4().hex}"
-        stream = _Stream(hub, connection, subscriber)
+        stream = _Stream(hub, connection, subscriber, identity)
+        expiry = close_at_expiry(connection, identity)
         try:
             try:
                 feed = await stream.open(
@@ -149,7 +174,28 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         except Closed:
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             await stream.close()
+
+
+def close_at_expiry(connection: Connection, identity: Identity) -> asyncio.TimerHandle | None:
+    """Close the socket with 1008 when its token expires; the client reconnects
+    with a fresh token and resumes from its last event id."""
+    if identity.expires_at is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def expire() -> None:
+        task = loop.create_task(connection.close(CLOSE_POLICY, "token expired"))
+        _EXPIRING.add(task)
+        task.add_done_callback(_EXPIRING.discard)
+
+    return loop.call_at(loop.time() + max(0.0, identity.expires_at - time.time()), expire)
+
+
+# Closing tasks, referenced until done (the loop keeps only weak references).
+_EXPIRING: set[asyncio.Task[None]] = set()
 
 
 async def _send_gaps(hub: EventHub, conn: Connection, feed: Feed, after: str | None) -> None:
@@ -180,6 +226,17 @@ async def _handle(frame: dict[str, Any], hub: EventHub, stream: _Stream, conn: C
         )
         return
     try:
+        if op in ("subscribe", "publish"):
+            topic = frame.get("topic")
+            right = Right.SUBSCRIBE if op == "subscribe" else Right.PUBLISH
+            if isinstance(topic, str) and not stream.identity.may(right, topic):
+                # Refused, nothing changed, and the socket stays open.
+                await conn.send(
+                    error_frame(
+                        "forbidden", f"no {right.value} right on topic {topic[:255]!r}", **ref
+                    )
+                )
+                return
         if op == "subscribe":
             await hub.subscribe(frame.get("topic"), stream.subscriber)  # type: ignore[arg-type]
             await _ack(conn, op, ref, topic=frame["topic"])
@@ -216,6 +273,7 @@ async def _publish(
         frame.get("topic"),  # type: ignore[arg-type]
         stream.subscriber if exclude_self else None,
         frame["payload"],
+        publisher=stream.identity.sub,
     )
     await _ack(
         conn,
