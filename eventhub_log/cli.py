@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .cli_operator import OPERATOR_COMMANDS, add_operator_commands
+from .cli_token import add_token_command, run_token
 from .errors import EventHubError
 from .migrations import ensure_schema
 from .store.database import DEFAULT_DATABASE_URL, open_database
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the database schema to head")
     _database_option(migrate)
     _add_tail(commands)
+    add_token_command(commands)
     add_operator_commands(commands, _database_option)
     return parser
 
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "tail":
             return _tail(args)
+        if args.command == "token":
+            return run_token(args)
         if args.command in OPERATOR_COMMANDS:
             return asyncio.run(OPERATOR_COMMANDS[args.command](args))
         if args.command == "migrate":
