@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from .cli_token import add_token_command, run_token
 from .errors import EventHubError
 from .migrations import ensure_schema
 from .store.database import DEFAULT_DATABASE_URL, open_database
+from .tokens import AuthKeyError, load_verification_key
 
 
 def _env(name: str, default: str) -> str:
@@ -51,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--body-limit", type=int, help="request body limit in bytes")
     serve.add_argument("--heartbeat-interval", type=float, help="SSE ping period in seconds")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--auth-secret-file",
+        metavar="PATH",
+        help="read the HS256 token secret from this file (sets EVENTHUB_AUTH_SECRET_FILE)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a hub with no key on a non-loopback address: anyone who reaches it "
+        "may read and publish everything",
+    )
     _database_option(serve)
 
     migrate = commands.add_parser("migrate", help="bring the database schema to head")
@@ -108,6 +121,12 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["EVENTHUB_BODY_LIMIT"] = str(args.body_limit)
     if args.heartbeat_interval is not None:
         os.environ["EVENTHUB_HEARTBEAT_INTERVAL"] = str(args.heartbeat_interval)
+    if args.auth_secret_file is not None:
+        os.environ["EVENTHUB_AUTH_SECRET_FILE"] = args.auth_secret_file
+    problem = check_auth(args.host, insecure_no_auth=args.insecure_no_auth)
+    if problem is not None:
+        print(f"eventhub-log serve: {problem}", file=sys.stderr)
+        return 2
     if args.database_url.startswith("sqlite") and args.workers > 1:
         # Create the schema once before the workers race to do it.
         asyncio.run(_migrate(args.database_url))
@@ -125,6 +144,53 @@ def _serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
     )
     return 0
+
+
+def check_auth(host: str, *, insecure_no_auth: bool) -> str | None:
+    """Why ``serve`` must not start with this key configuration on ``host``, or ``None``.
+
+    The key is loaded here, from the environment the app reads, so that a bad
+    one (unreadable, too short, two kinds) stops the command with its reason
+    before uvicorn starts, rather than every worker failing on start-up. The
+    CLI is the library's: it does not import the app to ask it."""
+    env = os.environ
+    try:
+        key = load_verification_key(
+            secret=env.get("EVENTHUB_AUTH_SECRET"),
+            secret_file=env.get("EVENTHUB_AUTH_SECRET_FILE"),
+            public_key_file=env.get("EVENTHUB_AUTH_PUBLIC_KEY"),
+            audience=env.get("EVENTHUB_AUTH_AUDIENCE"),
+        )
+    except AuthKeyError as exc:
+        return str(exc)
+    if key is not None or is_loopback(host):
+        return None
+    if insecure_no_auth:
+        print(
+            f"eventhub-log serve: warning: an open hub on {host}: anyone who reaches it may "
+            "read and publish everything (--insecure-no-auth)",
+            file=sys.stderr,
+        )
+        return None
+    # An open hub on a reachable address gives every right to anyone on the
+    # network; that has to be asked for by name, never be what a missing
+    # variable quietly does.
+    return (
+        f"refusing to serve an open hub on {host!r}: no EVENTHUB_AUTH_SECRET, "
+        "EVENTHUB_AUTH_SECRET_FILE (--auth-secret-file) or EVENTHUB_AUTH_PUBLIC_KEY is set. "
+        "Set one, bind a loopback address (127.0.0.1), or pass --insecure-no-auth"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``; an empty host means every interface."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
