@@ -207,6 +207,12 @@ def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--from-earliest", action="store_true", help="replay all retained history first"
     )
     tail.add_argument("--subscriber", help="subscriber id (exclusion follows it)")
+    tail.add_argument(
+        "--token",
+        default=os.environ.get("EVENTHUB_TOKEN") or None,
+        help="token sent as Authorization: Bearer (env EVENTHUB_TOKEN, better: a command "
+        "line is visible to other users in ps)",
+    )
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -227,6 +233,7 @@ async def _follow(args: argparse.Namespace) -> int:
         subscriber=args.subscriber,
         last_event_id=args.last_event_id,
         from_earliest=args.from_earliest,
+        token=args.token,
     ) as stream:
         async for item in stream:
             if isinstance(item, StreamGap):

@@ -8,17 +8,30 @@ It reconnects whenever the connection drops or the server restarts, sending the
 id of the last event it handed out as ``Last-Event-ID``, so the caller sees every
 event once, in order. The ``ready`` message's id counts too: a drop before the
 first event resumes from where the stream began. Refusals (4xx, such as a
-malformed cursor) raise ``StreamRefused``; anything else is retried with
+malformed cursor or a 403) raise ``StreamRefused``; anything else is retried with
 exponential backoff and jitter, reset once a connection is ready again.
+
+Tokens (contract section 6) go as ``Authorization: Bearer``. A hub ends a stream
+when its token expires, so a long-lived follower needs fresh ones: pass
+``token_provider``, a callable (sync or async) returning a token. It is asked
+before the first connection when no ``token`` is given, on a 401, and when the
+server ends the stream near the token's ``exp``; the stream then resumes after
+the last event with the new token, missing nothing. A 401 that no fresh token
+can cure (no provider, the provider raised, or the token it just gave was
+refused too) raises ``StreamUnauthorized`` instead of retrying forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import inspect
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -71,6 +84,19 @@ class StreamRefused(EventHubError):
         self.code = code
 
 
+class StreamUnauthorized(StreamRefused):
+    """A 401 that a fresh token cannot cure: there is no ``token_provider``, it
+    raised (the ``__cause__``), or the token it had just given was refused too."""
+
+
+TokenProvider = Callable[[], Awaitable[str] | str]
+
+# A stream the server ends this close to its token's exp was most likely ended
+# for it (the hub closes streams at exp; clocks may disagree by a few seconds,
+# and a server's leeway is at most 30 s): get a fresh token before resuming.
+_EXPIRY_MARGIN = 30.0
+
+
 @dataclass
 class _Message:
     event: str
@@ -94,6 +120,8 @@ class EventStreamClient:
         max_attempts: int | None = None,
         read_timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
     ) -> None:
         if not topics:
             raise ValueError("follow at least one topic")
@@ -106,6 +134,11 @@ class EventStreamClient:
         self.max_backoff = max_backoff
         self.max_attempts = max_attempts
         self.connections = 0
+        self.token = token
+        self.token_provider = token_provider
+        # True while the current token came from the provider and has not yet
+        # opened a stream: a 401 then means a fresh token does not help either.
+        self._token_untried = False
         # A stalled connection sends no heartbeat: give up on it and resume.
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
         self._http = http or httpx.AsyncClient()
@@ -133,14 +166,28 @@ class EventStreamClient:
         """Every event of the topics, then live, for as long as you iterate."""
         backoff = self.min_backoff
         failures = 0
+        if self.token is None and self.token_provider is not None:
+            await self._refresh_token(None)
         while True:
             try:
                 async for item in self._connect():
                     if item is None:  # ready: this connection works
                         backoff, failures = self.min_backoff, 0
+                        self._token_untried = False
                         continue
                     yield item
+                if self.token_provider is not None and _expires_soon(self.token):
+                    # Ended for the token's expiry: resume with a fresh one, soon
+                    # but not in a tight loop should the provider's tokens be stale.
+                    await self._refresh_token(None)
+                    await asyncio.sleep(self.min_backoff * random.random())
+                    continue
                 reason = "the server ended the stream"
+            except StreamUnauthorized as exc:
+                if self.token_provider is None or self._token_untried:
+                    raise
+                await self._refresh_token(exc)
+                continue
             except (httpx.TransportError, _Retry) as exc:
                 reason = str(exc) or type(exc).__name__
             failures += 1
@@ -158,11 +205,28 @@ class EventStreamClient:
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.max_backoff)
 
+    async def _refresh_token(self, refused: StreamUnauthorized | None) -> None:
+        assert self.token_provider is not None
+        try:
+            result = self.token_provider()
+            token = await result if inspect.isawaitable(result) else result
+        except Exception as exc:
+            status, code = (refused.status, refused.code) if refused else (401, "unauthorized")
+            raise StreamUnauthorized(
+                status, code, f"the token provider failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(token, str) or not token.strip():
+            raise StreamUnauthorized(401, "unauthorized", "the token provider gave no token")
+        self.token = token.strip()
+        self._token_untried = True
+
     async def _connect(self) -> AsyncIterator[StreamEvent | StreamGap | None]:
         params = httpx.QueryParams([("topic", topic) for topic in self.topics])
         if self.subscriber is not None:
             params = params.add("subscriber", self.subscriber)
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
         if self.last_event_id is not None:
             headers["Last-Event-ID"] = self.last_event_id
         elif self.from_earliest:
@@ -214,7 +278,25 @@ def _raise_for(response: httpx.Response) -> None:
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "http_error", response.text[:200]
+    if status == 401:
+        raise StreamUnauthorized(status, code, message)
     raise StreamRefused(status, code, message)
+
+
+def _expires_soon(token: str | None) -> bool:
+    """Whether ``token`` carries an ``exp`` within ``_EXPIRY_MARGIN`` of now.
+
+    Read without verifying: the client only decides when to ask for a new
+    token, and the server checks every token it is sent."""
+    if token is None:
+        return False
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims["exp"] if isinstance(claims, dict) else None
+    except (IndexError, KeyError, ValueError, binascii.Error):
+        return False
+    return isinstance(exp, int | float) and exp - time.time() < _EXPIRY_MARGIN
 
 
 async def _parse(lines: AsyncIterator[str]) -> AsyncIterator[_Message]:
@@ -239,4 +321,11 @@ async def _parse(lines: AsyncIterator[str]) -> AsyncIterator[_Message]:
             last_id = value
 
 
-__all__ = ["EventStreamClient", "StreamEvent", "StreamGap", "StreamRefused"]
+__all__ = [
+    "EventStreamClient",
+    "StreamEvent",
+    "StreamGap",
+    "StreamRefused",
+    "StreamUnauthorized",
+    "TokenProvider",
+]
