@@ -2,13 +2,19 @@
 
     .venv/bin/python -m examples.chat --port 8001     # then open http://127.0.0.1:8001/
 
-Connect a channel ``chat`` with ``room`` and ``user`` as opening data:
-``ws://127.0.0.1:8001/v1/channels/chat/<your channel id>?room=lobby&user=alice``
-(or the same URL as server-sent events, posting to ``.../messages``), then send
+Tokens are required. The page logs in by name (``POST /login``, a demo with no
+password), which sets the ``eventhub_token`` cookie; its EventSource and POSTs
+then authenticate by that cookie. A terminal gets a token from ``POST /token``.
+Each token grants publish, subscribe and history on ``room:*`` and acts as the
+subscribers ``{sub}`` and ``{sub}:*``, so a channel id is ``<user>:<anything>``.
+
+Connect a channel ``chat`` with ``room`` as opening data:
+``ws://127.0.0.1:8001/v1/channels/chat/alice:tab-1?room=lobby`` (or the same URL
+as server-sent events, posting to ``.../messages``), then send
 ``{"action": "say", "data": {"text": "hi"}}``. Everyone else in ``room:lobby``
-gets the message as an event; the sender gets a reply with its id. Reconnect
-with ``last_event_id`` (an EventSource does it by itself) and you get every
-message you missed.
+gets the message, signed with the token's user; the sender gets a reply with its
+id. Reconnect with ``last_event_id`` (an EventSource does it by itself) and you
+get every message you missed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from eventhub_log import EventHub
-from eventhub_log.channels import Channel, ChannelRoute, Session
+from eventhub_log.channels import Channel, ChannelError, ChannelRoute, Session
 
 from ._run import build, main
 
@@ -30,7 +36,6 @@ PAGE = Path(__file__).with_name("chat.html")
 
 class Join(BaseModel):
     room: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the room to join")
-    user: str = Field(min_length=1, max_length=40, description="the name others see")
 
 
 class Say(BaseModel):
@@ -40,15 +45,32 @@ class Say(BaseModel):
 chat: ChannelRoute[Join] = ChannelRoute("chat", opening=Join)
 
 
+def grant_for(user: str) -> dict[str, Any]:
+    return {
+        "publish": ["room:*"],
+        "subscribe": ["room:*"],
+        "history": ["room:*"],
+        "subscribers": ["{sub}", "{sub}:*"],
+    }
+
+
 def room_topic(channel: Channel[Join]) -> str:
     return f"room:{channel.opening_data.room}"
+
+
+def user_of(session: Session) -> str:
+    # The name others see is the token's sub, never something the client claims.
+    if session.user_id is None:
+        raise ChannelError("log in first (POST /login)", code="unauthenticated")
+    return session.user_id
 
 
 @chat.on_connect
 async def joined(hub: EventHub, channel: Channel[Join], session: Session) -> dict[str, Any]:
     # Runs again on every reconnection; subscribing is idempotent.
+    user = user_of(session)
     await hub.subscribe(room_topic(channel), channel.channel_id)
-    return {"room": channel.opening_data.room, "user": channel.opening_data.user}
+    return {"room": channel.opening_data.room, "user": user}
 
 
 @chat.on_message("say")
@@ -57,7 +79,7 @@ async def say(hub: EventHub, channel: Channel[Join], session: Session, data: Say
     event = await hub.publish(
         room_topic(channel),
         channel.channel_id,
-        {"type": "message", "user": channel.opening_data.user, "text": data.text},
+        {"type": "message", "user": user_of(session), "text": data.text},
     )
     return {"id": event.id, "seq": event.seq, "text": data.text}
 
@@ -68,8 +90,8 @@ async def left(hub: EventHub, channel: Channel[Join], session: Session) -> None:
     return None
 
 
-def create(database_url: str) -> FastAPI:
-    app = build(database_url, chat)
+def create(database_url: str, secret: str, token_ttl: float = 3600.0) -> FastAPI:
+    app = build(database_url, chat, secret=secret, grant_for=grant_for, token_ttl=token_ttl)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:

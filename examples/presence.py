@@ -2,22 +2,26 @@
 
     .venv/bin/python -m examples.presence --port 8002
 
-Connect the channel ``presence`` with your ``user`` as opening data
-(``ws://127.0.0.1:8002/v1/channels/presence/<channel id>?user=alice``): you get a
-welcome listing who is online, then ``joined`` / ``status`` / ``left`` events.
-Send ``{"action": "status", "data": {"status": "away"}}`` to change yours. Anyone
-can watch without being present: ``GET /v1/stream?topic=presence:updates``.
+Tokens are required to be present: get one with ``POST /token`` ``{"user":
+"alice"}`` (a demo login, no password) and connect the channel ``presence`` with
+it (``ws://127.0.0.1:8002/v1/channels/presence/alice:tab-1`` with
+``Authorization: Bearer <token>``; the channel id is ``<user>`` or
+``<user>:<anything>``): you get a welcome listing who is online, then
+``joined`` / ``status`` / ``left`` events. Send ``{"action": "status", "data":
+{"status": "away"}}`` to change yours. Anyone can watch without being present
+or logged in, by the anonymous grant: ``GET /v1/stream?topic=presence:updates``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from eventhub_log import EventHub
-from eventhub_log.channels import Channel, ChannelRoute, Session
+from eventhub_log.channels import Channel, ChannelError, ChannelRoute, Session
 
 from ._run import build, main
 
@@ -28,38 +32,54 @@ TOPIC = "presence:updates"
 HERE = "presence:here"
 
 
-class Present(BaseModel):
-    user: str = Field(min_length=1, max_length=40)
+def grant_for(user: str) -> dict[str, Any]:
+    return {"subscribe": [TOPIC], "subscribers": ["{sub}", "{sub}:*"]}
+
+
+# Watching needs no token: requests without one may follow TOPIC, and nothing else.
+ANONYMOUS = json.dumps({"subscribe": [TOPIC]})
 
 
 class Status(BaseModel):
     status: Literal["online", "away", "busy"]
 
 
-presence: ChannelRoute[Present] = ChannelRoute("presence", opening=Present)
+presence: ChannelRoute[dict[str, Any]] = ChannelRoute("presence")
+
+
+def user_of(session: Session) -> str:
+    # Who is present is the token's sub, never something the client claims.
+    if session.user_id is None:
+        raise ChannelError("log in first (POST /token)", code="unauthenticated")
+    return session.user_id
 
 
 @presence.on_connect
-async def arrived(hub: EventHub, channel: Channel[Present], session: Session) -> dict[str, object]:
+async def arrived(
+    hub: EventHub, channel: Channel[dict[str, Any]], session: Session
+) -> dict[str, object]:
+    user = user_of(session)
     online = await hub.subscribers(HERE)  # channel ids present before this one
     await hub.subscribe(HERE, channel.channel_id)
     await hub.subscribe(TOPIC, channel.channel_id)
     await hub.publish(
         TOPIC,
         channel.channel_id,
-        {"type": "joined", "user": channel.opening_data.user, "channel_id": channel.channel_id},
+        {"type": "joined", "user": user, "channel_id": channel.channel_id},
     )
     return {"online": online}
 
 
 @presence.on_message("status")
-async def status(hub: EventHub, channel: Channel[Present], session: Session, data: Status) -> None:
+async def status(
+    hub: EventHub, channel: Channel[dict[str, Any]], session: Session, data: Status
+) -> None:
     await hub.publish(
         TOPIC,
         None,
         {
             "type": "status",
-            "user": channel.opening_data.user,
+            "user": user_of(session),
             "channel_id": channel.channel_id,
             "status": data.status,
         },
@@ -67,16 +87,23 @@ async def status(hub: EventHub, channel: Channel[Present], session: Session, dat
 
 
 @presence.on_disconnect
-async def departed(hub: EventHub, channel: Channel[Present], session: Session) -> None:
+async def departed(hub: EventHub, channel: Channel[dict[str, Any]], session: Session) -> None:
     await hub.publish(
         TOPIC,
         channel.channel_id,
-        {"type": "left", "user": channel.opening_data.user, "channel_id": channel.channel_id},
+        {"type": "left", "user": user_of(session), "channel_id": channel.channel_id},
     )
 
 
-def create(database_url: str) -> FastAPI:
-    return build(database_url, presence)
+def create(database_url: str, secret: str, token_ttl: float = 3600.0) -> FastAPI:
+    return build(
+        database_url,
+        presence,
+        secret=secret,
+        grant_for=grant_for,
+        token_ttl=token_ttl,
+        anonymous=ANONYMOUS,
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ class ExampleServer:
     module: str
     database_url: str
     port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,9 +51,10 @@ class ExampleServer:
                 self.database_url,
                 "--log-level",
                 "warning",
+                *self.args,
             ],
             cwd=ROOT,
-            env={**os.environ},
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -76,6 +79,18 @@ class ExampleServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+async def token_for(client: httpx.AsyncClient, server: ExampleServer, user: str) -> str:
+    """A token from the example's demo login."""
+    response = await client.post(f"{server.url}/token", json={"user": user})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class SseReader:
