@@ -16,6 +16,7 @@ from . import errors
 from .auth import auth_from_settings
 from .body_limit import BodyLimitMiddleware
 from .fast_publish import FastPublish
+from .limits import ConnectionLimiter
 from .metrics import Metrics, MetricsMiddleware
 from .routes import health, history, metrics, publish, stream, subscriptions, topics, ws
 from .settings import Settings
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth = auth_from_settings(settings)
+    app.state.connections = ConnectionLimiter(settings.max_connections_per_client)
     errors.install(app)
     for module in (publish, history, topics, subscriptions, stream, ws, metrics, health):
         app.include_router(module.router)

@@ -136,8 +136,8 @@ def _opening(query: Iterable[tuple[str, str]]) -> Any:
         if key == "opening":
             try:
                 return json.loads(value)
-            except ValueError as exc:
-                raise InvalidOpeningData(f"opening is not JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:
+                raise InvalidOpeningData(f"opening is not JSON: {str(exc)[:200]}") from None
     return {key: value for key, value in pairs if key not in RESERVED_QUERY}
 
 

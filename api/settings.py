@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     ws_frame_rate: float = Field(default=1000.0, gt=0, description="client frames/s allowed")
     ws_frame_burst: int = Field(default=5000, ge=1, description="client frames in a burst")
 
+    # Contract section 7.
+    max_connections_per_client: int = Field(
+        default=200, ge=1, description="open streams and sockets of one client (sub or address)"
+    )
+    max_topics_per_stream: int = Field(
+        default=100, ge=1, description="topics of one stream, socket or REST subscriber"
+    )
     # Contract section 6. The secret is a SecretStr so that no repr or log shows it.
     auth_secret: SecretStr | None = Field(default=None, description="HS256 shared secret")
     auth_secret_file: str | None = Field(default=None, description="file holding the secret")

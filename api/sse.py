@@ -78,6 +78,7 @@ from eventhub_log.errors import EventHubError
 from eventhub_log.model import Event, Gap, format_timestamp
 
 from .errors import status_of
+from .limits import ConnectionLimiter, TooManyConnections
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +442,8 @@ class EventStreamResponse(Response):
         from_earliest: bool,
         buffer: int | None = None,
         expires_at: float | None = None,
+        connections: ConnectionLimiter | None = None,
+        client: str = "",
     ) -> None:
         # Response.__init__ would add a content-length for an empty body.
         self.status_code = 200
@@ -453,8 +456,26 @@ class EventStreamResponse(Response):
         self._from_earliest = from_earliest
         self._buffer = buffer
         self._expires_at = expires_at
+        self._connections = connections
+        self._client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Counted while the response runs, so a stream that ends for any reason
+        # gives its place back.
+        if self._connections is None:
+            await self._serve(scope, receive, send)
+            return
+        try:
+            self._connections.acquire(self._client)
+        except TooManyConnections as exc:
+            await _send_error(send, exc.status, exc.code, exc.message)
+            return
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self._connections.release(self._client)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
         try:
             async with self._hub.stream(
@@ -498,7 +519,7 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
-    if status == 503:
+    if status in (429, 503):
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

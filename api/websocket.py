@@ -243,6 +243,10 @@ class Connection:
             except (ValueError, UnicodeDecodeError) as exc:
                 await self.reject("invalid_json", f"frame is not JSON: {exc}"[:300])
                 continue
+            except RecursionError:
+                # json.loads recurses per nesting level: 100,000 "[" exhaust the stack.
+                await self.reject("invalid_json", "frame is nested too deeply")
+                continue
             yield frame
 
     async def reject(self, code: str, message: str, **extra: Any) -> None:

@@ -27,6 +27,9 @@ def parse_rfc3339(value: str, name: str = "time") -> datetime:
             return datetime.fromisoformat(f"{date}T{clock}.{micros}{offset}").astimezone(UTC)
         except ValueError as exc:
             problem = str(exc)
+        except OverflowError:
+            # A valid local time whose UTC instant is before year 1 or after 9999.
+            problem = "its UTC instant is outside 0001-01-01 to 9999-12-31"
     raise ValidationError(
         f"{name} must be an RFC 3339 date-time with an offset, e.g. "
         f"2026-01-02T03:04:05.000006Z; got {value[:64]!r}" + (f" ({problem})" if problem else "")

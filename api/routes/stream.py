@@ -13,6 +13,7 @@ from eventhub_log.validation import validate_subscriber, validate_topic
 from ..auth import IdentityDep, require_all, require_subscriber
 from ..authz import Identity, Right
 from ..deps import HubDep, SettingsDep
+from ..limits import check_topic_count, client_key
 from ..sse import MEDIA_TYPE, EventStreamResponse, registry_of
 
 router = APIRouter(tags=["stream"])
@@ -49,6 +50,7 @@ _ERROR = {
             **_ERROR,
         },
         422: {"description": "no topic, or an unknown `from` value", **_ERROR},
+        429: {"description": "this client has too many streams and sockets open", **_ERROR},
     },
 )
 async def stream(
@@ -73,6 +75,7 @@ async def stream(
     ] = None,
 ) -> EventStreamResponse:
     topics = list(dict.fromkeys(validate_topic(name) for name in topic))
+    check_topic_count(len(topics), settings.max_topics_per_stream)
     require_all(identity, Right.SUBSCRIBE, topics)
     if subscriber is not None:
         validate_subscriber(subscriber)
@@ -98,6 +101,8 @@ async def stream(
         after=cursor,
         from_earliest=from_ == "earliest" and cursor is None,
         expires_at=identity.expires_at,
+        connections=request.app.state.connections,
+        client=client_key(identity, request.client.host if request.client else None),
     )
 
 

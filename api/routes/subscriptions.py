@@ -7,8 +7,9 @@ from fastapi import APIRouter, Response
 
 from ..auth import IdentityDep, require, require_subscriber
 from ..authz import Right
-from ..deps import HubDep
+from ..deps import HubDep, SettingsDep
 from ..errors import ApiError
+from ..limits import check_topic_count
 from ..schemas import RemovedOut, SubscriberTopicsOut, SubscriptionOut, errors
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
@@ -20,12 +21,16 @@ router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
     responses=errors(400, 401, 403),
 )
 async def subscribe(
-    subscriber: str, topic: str, hub: HubDep, identity: IdentityDep
+    subscriber: str, topic: str, hub: HubDep, identity: IdentityDep, settings: SettingsDep
 ) -> SubscriptionOut:
     """Needs the ``subscribe`` right on the topic, and ``subscriber`` among the ids
     the token may act as."""
     require_subscriber(identity, subscriber)
     require(identity, Right.SUBSCRIBE, topic)
+    # Rows made here reach the subscriber's open streams: the same topic limit.
+    current = await hub.subscriptions(subscriber)
+    if topic not in current:
+        check_topic_count(len(current) + 1, settings.max_topics_per_stream)
     await hub.subscribe(topic, subscriber)
     return SubscriptionOut(subscriber=subscriber, topic=topic)
 

@@ -27,6 +27,13 @@ from eventhub_log.model import format_timestamp
 from ..auth import admit_websocket, deny_websocket, require_all, require_subscriber
 from ..authz import Identity, Right
 from ..errors import ApiError, status_of
+from ..limits import (
+    ConnectionLimiter,
+    TooManyConnections,
+    TooManyTopics,
+    check_topic_count,
+    client_key,
+)
 from ..settings import Settings
 from ..websocket import (
     CLOSE_GOING_AWAY,
@@ -75,9 +82,15 @@ class _Stream:
     """The connection's current feed; ``resume`` swaps in a new one."""
 
     def __init__(
-        self, hub: EventHub, connection: Connection, subscriber: str, identity: Identity
+        self,
+        hub: EventHub,
+        connection: Connection,
+        subscriber: str,
+        identity: Identity,
+        max_topics: int,
     ) -> None:
         self.hub = hub
+        self.max_topics = max_topics
         self.connection = connection
         self.subscriber = subscriber
         self.identity = identity
@@ -140,12 +153,30 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             exc = ApiError(status, code, str(exc))
         await deny_websocket(websocket, exc)
         return
+    connections: ConnectionLimiter = websocket.app.state.connections
+    client = client_key(identity, websocket.client.host if websocket.client else None)
+    try:
+        connections.acquire(client)
+    except TooManyConnections as exc:
+        await deny_websocket(websocket, exc)
+        return
+    try:
+        await _serve(websocket, hub, settings, subscriber, identity)
+    finally:
+        connections.release(client)
+
+
+async def _serve(
+    websocket: WebSocket, hub: EventHub, settings: Settings, subscriber: str, identity: Identity
+) -> None:
+    query = websocket.query_params
     await websocket.accept()
     async with Connection(websocket, limits(settings)) as connection:
-        stream = _Stream(hub, connection, subscriber, identity)
+        stream = _Stream(hub, connection, subscriber, identity, settings.max_topics_per_stream)
         expiry = close_at_expiry(connection, identity)
         try:
             try:
+                check_topic_count(len(set(query.getlist("topic"))), stream.max_topics)
                 feed = await stream.open(
                     query.getlist("topic"),
                     after=query.get("last_event_id") or query.get("after"),
@@ -154,6 +185,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             except lib.EventHubError as exc:
                 await connection.send(library_error_frame(exc))
                 await connection.close(CLOSE_POLICY, "cannot open the stream")
+                return
+            except TooManyTopics as exc:
+                await connection.send(error_frame(exc.code, exc.message))
+                await connection.close(CLOSE_POLICY, exc.code)
                 return
             await connection.send(
                 json.dumps(
@@ -238,6 +273,12 @@ async def _handle(frame: dict[str, Any], hub: EventHub, stream: _Stream, conn: C
                 )
                 return
         if op == "subscribe":
+            following = stream.feed.topics if stream.feed is not None else set()
+            if frame.get("topic") not in following and len(following) >= stream.max_topics:
+                await conn.send(
+                    error_frame("too_many_topics", f"at most {stream.max_topics} topics", **ref)
+                )
+                return
             await hub.subscribe(frame.get("topic"), stream.subscriber)  # type: ignore[arg-type]
             await _ack(conn, op, ref, topic=frame["topic"])
         elif op == "unsubscribe":

@@ -1,0 +1,137 @@
+"""Per-client limits and hostile input (contract section 7), against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+from websockets.exceptions import InvalidStatus
+
+from eventhub_log.tokens import mint_token
+
+from .server import Server
+from .wsclient import ws_connect, ws_url
+
+SECRET = "limits-secret-" + "x" * 32
+GRANT = {"subscribe": ["*"], "publish": ["*"], "history": ["*"]}
+
+
+def bearer(sub: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(sub, GRANT, secret=SECRET)}"}
+
+
+@pytest.fixture
+def limited(database_url: str) -> Iterator[Server]:
+    server = Server(
+        database_url,
+        env={
+            "EVENTHUB_AUTH_SECRET": SECRET,
+            "EVENTHUB_MAX_CONNECTIONS_PER_CLIENT": "3",
+            "EVENTHUB_MAX_TOPICS_PER_STREAM": "2",
+        },
+    ).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def client(limited: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=limited.url, timeout=10) as http:
+        yield http
+
+
+async def _open(stack: AsyncExitStack, client: httpx.AsyncClient, who: str) -> None:
+    source = await stack.enter_async_context(
+        aconnect_sse(client, "GET", "/v1/stream", params={"topic": "t"}, headers=bearer(who))
+    )
+    assert source.response.status_code == 200
+    events = source.aiter_sse()
+    assert (await anext(events)).event == "ready"
+    # Held until the stack closes: a collected iterator would close the response.
+    stack.push_async_callback(events.aclose)
+
+
+async def test_connections_per_client(limited: Server, client: httpx.AsyncClient) -> None:
+    url = ws_url(limited.url, "/v1/ws?topic=t")
+    async with AsyncExitStack() as stack:
+        for _ in range(2):
+            await _open(stack, client, "alice")
+        ws = await stack.enter_async_context(ws_connect(url, additional_headers=bearer("alice")))
+        await ws.recv_type("ready")
+        refused = await client.get("/v1/stream", params={"topic": "t"}, headers=bearer("alice"))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_connections"
+        assert "retry-after" in refused.headers
+        with pytest.raises(InvalidStatus) as denied:
+            async with ws_connect(url, additional_headers=bearer("alice")):
+                pass
+        assert denied.value.response.status_code == 429
+        # Another client is not affected, and history exports do not count.
+        await _open(stack, client, "bob")
+        export = await client.get(
+            "/v1/topics/t/events", headers={**bearer("alice"), "Accept": "application/x-ndjson"}
+        )
+        assert export.status_code == 200
+    # Closed: alice's places are free again (the server notices the disconnects).
+    for _ in range(50):
+        answers = []
+        async with AsyncExitStack() as stack:
+            for _ in range(3):
+                answers.append(
+                    await stack.enter_async_context(
+                        client.stream(
+                            "GET", "/v1/stream", params={"topic": "t"}, headers=bearer("alice")
+                        )
+                    )
+                )
+            if all(answer.status_code == 200 for answer in answers):
+                return
+        await asyncio.sleep(0.1)
+    pytest.fail("closed streams did not give their places back")
+
+
+async def test_topics_per_stream_socket_and_subscriber(
+    limited: Server, client: httpx.AsyncClient
+) -> None:
+    alice = bearer("alice")
+    refused = await client.get("/v1/stream", params={"topic": ["a", "b", "c"]}, headers=alice)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "too_many_topics"
+    async with ws_connect(
+        ws_url(limited.url, "/v1/ws?topic=a&subscriber=alice:ws"), additional_headers=alice
+    ) as ws:
+        await ws.recv_type("ready")
+        assert (await ws.request({"op": "subscribe", "topic": "b"}))["type"] == "ack"
+        over = await ws.request({"op": "subscribe", "topic": "c"})
+        assert (over["type"], over["code"]) == ("error", "too_many_topics")
+        # Subscribing again to one it has is no growth; the socket stays usable.
+        assert (await ws.request({"op": "subscribe", "topic": "a"}))["type"] == "ack"
+    for topic in ("x", "y"):
+        put = await client.put(f"/v1/subscriptions/alice/topics/{topic}", headers=alice)
+        assert put.status_code == 200
+    over_rest = await client.put("/v1/subscriptions/alice/topics/z", headers=alice)
+    assert over_rest.status_code == 400
+    assert over_rest.json()["error"]["code"] == "too_many_topics"
+    rows = (await client.get("/v1/subscriptions/alice", headers=alice)).json()["topics"]
+    assert sorted(rows) == ["x", "y"]
+
+
+async def test_bad_input_is_never_a_5xx(limited: Server, client: httpx.AsyncClient) -> None:
+    alice = bearer("alice")
+    for name, value in (
+        ("since", "0001-01-01T00:00:00+23:59"),
+        ("until", "9999-12-31T23:59:59-23:59"),
+    ):
+        response = await client.get("/v1/topics/t/events", params={name: value}, headers=alice)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_time"
+    async with ws_connect(ws_url(limited.url, "/v1/ws?topic=t"), additional_headers=alice) as ws:
+        await ws.recv_type("ready")
+        await ws.send("[" * 100_000)
+        error = await ws.recv_type("error")
+        assert error["code"] == "invalid_json"
+        assert (await ws.request({"op": "subscribe", "topic": "t2"}))["type"] == "ack"
