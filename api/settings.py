@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_topics_per_stream: int = Field(
         default=100, ge=1, description="topics of one stream, socket or REST subscriber"
     )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a request's headers may take to arrive"
+    )
     # Contract section 6. The secret is a SecretStr so that no repr or log shows it.
     auth_secret: SecretStr | None = Field(default=None, description="HS256 shared secret")
     auth_secret_file: str | None = Field(default=None, description="file holding the secret")

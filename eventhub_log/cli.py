@@ -142,6 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Per-message deflate compresses every event frame again for every
         # socket: measured, it halved WebSocket fan-out per CPU for small frames.
         ws_per_message_deflate=False,
+        # uvicorn's own protocol, plus a deadline on request headers (slowloris);
+        # named, not imported: the library does not import the app.
+        http="api.http_protocol:HeaderDeadlineProtocol",
     )
     return 0
 

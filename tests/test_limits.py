@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
@@ -135,3 +138,39 @@ async def test_bad_input_is_never_a_5xx(limited: Server, client: httpx.AsyncClie
         error = await ws.recv_type("error")
         assert error["code"] == "invalid_json"
         assert (await ws.request({"op": "subscribe", "topic": "t2"}))["type"] == "ack"
+
+
+def test_trickled_request_headers_are_cut_off(database_url: str) -> None:
+    server = Server(database_url, env={"EVENTHUB_HEADER_TIMEOUT": "1"}).start()
+    try:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            answer = b""
+            with contextlib.suppress(OSError):
+                for byte in b"X-Slow: " + b"y" * 40:
+                    slow.sendall(bytes([byte]))
+                    time.sleep(0.1)
+                    slow.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        chunk = slow.recv(4096)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    slow.setblocking(True)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 3
+        # A connection that says nothing at all is closed too.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+            assert silent.recv(4096).startswith(b"HTTP/1.1 408")
+        # Ordinary requests, and streams that outlive the deadline, are unaffected.
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/healthz").status_code == 200
+            with client.stream("GET", "/v1/stream", params={"topic": "t"}) as stream:
+                lines = stream.iter_lines()
+                assert next(lines) == "event: ready"
+                time.sleep(1.5)
+                assert client.post("/v1/topics/t/events", json={"payload": 1}).status_code == 201
+                assert any(line.startswith("data:") and '"payload":1' in line for line in lines)
+    finally:
+        server.kill()
