@@ -66,7 +66,7 @@ from .auth import (
 )
 from .authz import Identity
 from .body import is_json
-from .errors import ApiError, status_of
+from .errors import ApiError, public_error
 from .routes.ws import close_at_expiry, limits
 from .settings import Settings
 from .sse import encode_event, encode_gap
@@ -112,8 +112,8 @@ def describe(exc: lib.EventHubError) -> tuple[int, str, str]:
         return 422, "invalid_message", str(exc)
     if isinstance(exc, InvalidOpeningData):
         return 422, "invalid_opening_data", str(exc)
-    status, code = status_of(exc)
-    return status, code, str(exc)
+    status, code, message, _ = public_error(exc)
+    return status, code, message
 
 
 def _reply_frame(reply: Reply) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from eventhub_log.errors import EventHubError
 
 from .auth import Auth
 from .authz import Identity, Right
-from .errors import ApiError, error_response, status_of
+from .errors import ApiError, library_error_response
 from .metrics import STARTED_KEY, Metrics
 from .routes import publish
 from .schemas import BatchIn, PublishIn
@@ -178,8 +178,7 @@ class FastPublish:
             content, status = await route.publish(self.hub, params, body, key, identity)
             response = Response(content, status, media_type="application/json")
         except EventHubError as exc:
-            status, code = status_of(exc)
-            response = error_response(status, code, str(exc))
+            response = library_error_response(exc)
         except Exception:
             # What ServerErrorMiddleware answers (the app installs no 500 handler);
             # raised on, so that the server logs it.

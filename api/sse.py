@@ -77,7 +77,7 @@ from eventhub_log.delivery import Feed
 from eventhub_log.errors import EventHubError
 from eventhub_log.model import Event, Gap, format_timestamp
 
-from .errors import status_of
+from .errors import public_error
 from .limits import ConnectionLimiter, TooManyConnections
 
 log = logging.getLogger(__name__)
@@ -507,8 +507,8 @@ class EventStreamResponse(Response):
                 raise
             # A cursor from another database is only found out once the stream
             # is registered; it is still refused before anything was sent.
-            status, code = status_of(exc)
-            await _send_error(send, status, code, str(exc))
+            status, code, message, _ = public_error(exc)
+            await _send_error(send, status, code, message)
 
 
 async def _send_error(send: Send, status: int, code: str, message: str) -> None:

@@ -27,7 +27,7 @@ from eventhub_log import Event, Gap
 from eventhub_log import errors as lib
 from eventhub_log.model import format_timestamp
 
-from .errors import status_of
+from .errors import public_error
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def error_frame(code: str, message: str, **extra: Any) -> str:
 
 
 def library_error_frame(exc: lib.EventHubError, **extra: Any) -> str:
-    _, code = status_of(exc)
-    return error_frame(code, str(exc), **extra)
+    _, code, message, _ = public_error(exc)
+    return error_frame(code, message, **extra)
 
 
 class Closed(Exception):

@@ -41,6 +41,8 @@ from .validation import (
 log = logging.getLogger(__name__)
 
 Mode = Literal["stateful", "stateless"]
+# Events read per query of an export; each page is a short read of its own.
+EXPORT_PAGE = 1000
 MAX_HISTORY_LIMIT = 1000
 # Every live instance applies a subscription change within a poll interval;
 # ten minutes is far beyond that, even across a long database outage.
@@ -430,23 +432,40 @@ class EventHub:
         until: datetime | None = None,
         order: Literal["asc", "desc"] = "asc",
     ) -> AsyncIterator[Event]:
-        """Every selected event, streamed from the database without loading it all."""
+        """Every selected event, read a page at a time, never all at once.
+
+        Each page is its own short read, and no connection is held while the
+        caller consumes a page: a reader that stops reading (an HTTP export to a
+        client that never reads) holds memory for one page and no pooled
+        connection, so exports cannot starve the pool. Pages continue by seq
+        (keyset), so none is skipped or repeated; an ascending export also
+        takes in events appended while it runs."""
         validate_topic(topic)
         validate_range(
             after_seq=after_seq, before_seq=before_seq, since=since, until=until, order=order
         )
         self._require_running()
-        async with self.database.read() as conn:
-            async for event in queries.stream_history(
-                conn,
-                topic,
-                after_seq=after_seq,
-                before_seq=before_seq,
-                since=since,
-                until=until,
-                descending=order == "desc",
-            ):
+        descending = order == "desc"
+        while True:
+            async with self.database.read() as conn:
+                page = await queries.history(
+                    conn,
+                    topic,
+                    after_seq=after_seq,
+                    before_seq=before_seq,
+                    since=since,
+                    until=until,
+                    descending=descending,
+                    limit=EXPORT_PAGE,
+                )
+            for event in page:
                 yield event
+            if len(page) < EXPORT_PAGE:
+                return
+            if descending:
+                before_seq = page[-1].seq
+            else:
+                after_seq = page[-1].seq
 
     async def topics(self) -> list[TopicInfo]:
         self._require_running()

@@ -174,3 +174,38 @@ def test_trickled_request_headers_are_cut_off(database_url: str) -> None:
                 assert any(line.startswith("data:") and '"payload":1' in line for line in lines)
     finally:
         server.kill()
+
+
+async def test_exports_nobody_reads_starve_nothing(
+    limited: Server, client: httpx.AsyncClient
+) -> None:
+    """Exports whose readers never read hold no pooled connection: history,
+    publishing and /readyz keep answering promptly."""
+    alice = bearer("alice")
+    payload = {"text": "x" * 2000}
+    for _ in range(12):  # about 10 MB: far more than the sockets' buffers
+        batch = {"events": [{"topic": "big", "payload": payload} for _ in range(400)]}
+        assert (await client.post("/v1/events", json=batch, headers=alice)).status_code == 201
+    request = (
+        "GET /v1/topics/big/events HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n"
+        f"Authorization: {alice['Authorization']}\r\n\r\n"
+    ).encode()
+    stalled = []
+    try:
+        for _ in range(30):
+            sock = socket.create_connection(("127.0.0.1", limited.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(request)
+            stalled.append(sock)  # never read: the server's writes back up
+        await asyncio.sleep(1.0)
+        for _ in range(3):
+            started = time.monotonic()
+            page = await client.get("/v1/topics/big/events", params={"limit": 5}, headers=alice)
+            assert page.status_code == 200
+            sent = await client.post("/v1/topics/t/events", json={"payload": 1}, headers=alice)
+            assert sent.status_code == 201
+            assert (await client.get("/readyz")).status_code == 200
+            assert time.monotonic() - started < 3.0
+    finally:
+        for sock in stalled:
+            sock.close()

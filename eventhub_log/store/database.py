@@ -51,7 +51,11 @@ def open_database(
     sqlite_synchronous: str = "FULL",
     busy_timeout_ms: int = 30_000,
     pool_size: int = 10,
+    pool_timeout: float = 10.0,
 ) -> Database:
+    """``pool_timeout``: how long a request waits for a pooled connection before
+    it fails with ``DatabaseUnavailable`` (a 503 over HTTP), rather than SQLAlchemy's
+    30 s: a client is better told to retry than kept waiting."""
     if isinstance(url_or_engine, AsyncEngine):
         engine = url_or_engine
         dialect = _dialect_module(engine.dialect.name)
@@ -60,14 +64,18 @@ def open_database(
         dialect = _dialect_module(url.get_backend_name())
         if url.get_backend_name() == "sqlite":
             _ensure_parent_directory(url.database)
-            engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout
+            )
         else:
             # No pre-ping: with asyncpg it is BEGIN, a ping and ROLLBACK, three round
             # trips on every checkout, more than most of our transactions cost. A
             # connection that died (server restart) fails its first statement
             # instead; that request gets DatabaseUnavailable (503, retry) and
             # SQLAlchemy drops every pooled connection older than the failure.
-            engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout
+            )
     if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
     dialect.configure(
@@ -99,6 +107,9 @@ def translate_errors() -> Iterator[None]:
         yield
     except EventHubError:
         raise
+    except sa_exc.TimeoutError as exc:
+        # Every pooled connection stayed busy for ``pool_timeout``: come back later.
+        raise DatabaseUnavailable("database busy: no connection free in the pool") from exc
     except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError) as exc:
         raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
     except sa_exc.DBAPIError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from types import ModuleType
 from typing import Any
@@ -171,15 +171,6 @@ def history_query(
 
 async def history(conn: AsyncConnection, topic: str, **filters: Any) -> list[Event]:
     return [_event(row) for row in await conn.execute(history_query(topic, **filters))]
-
-
-async def stream_history(conn: AsyncConnection, topic: str, **filters: Any) -> AsyncIterator[Event]:
-    result = await conn.stream(history_query(topic, **filters).execution_options(yield_per=500))
-    # By partition: iterating the result row by row costs a greenlet switch a row,
-    # which made an export three times slower than paging through history.
-    async for partition in result.partitions():
-        for row in partition:
-            yield _event(row)
 
 
 async def event_at(conn: AsyncConnection, position: int) -> Event | None:
