@@ -349,13 +349,15 @@ class ChannelEventStream(Response):
         last_write = loop.time()
         try:
             while True:
+                # Checked on every pass, not only when idle: a busy channel must
+                # end at its token's exp and at shutdown too.
+                if _server_exiting():
+                    break  # end cleanly; the client resumes by Last-Event-ID
+                if self.expires_at is not None and time.time() >= self.expires_at:
+                    break  # the token ran out: the client comes back with a new one
                 try:
                     chunk = await asyncio.wait_for(self.outbox.queue.get(), SHUTDOWN_CHECK)
                 except TimeoutError:
-                    if _server_exiting():
-                        break  # end cleanly; the client resumes by Last-Event-ID
-                    if self.expires_at is not None and time.time() >= self.expires_at:
-                        break  # the token ran out: the client comes back with a new one
                     if loop.time() - last_write < self.heartbeat:
                         continue
                     chunk = b": ping\n\n"

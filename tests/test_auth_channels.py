@@ -3,6 +3,8 @@ open it (WebSocket or SSE) or post messages to it. A real server, both databases
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -61,3 +63,30 @@ async def test_only_the_owner_opens_a_channel_or_posts_to_it(app_server: Example
         allowed = await client.post(f"{path}/messages", json=message, headers=bearer("alice"))
         assert allowed.status_code == 200
         assert allowed.json()["reply"] == {"n": 4}
+
+
+async def test_a_busy_channel_stream_still_ends_at_its_tokens_expiry(
+    app_server: ExampleServer,
+) -> None:
+    short = {"Authorization": f"Bearer {mint_token('alice', {}, secret=SECRET, ttl=2)}"}
+    admin = {"Authorization": f"Bearer {mint_token('root', {'admin': True}, secret=SECRET)}"}
+    async with httpx.AsyncClient(base_url=app_server.url, timeout=10) as client:
+
+        async def busy() -> None:
+            while True:  # an event every 0.2 s: the stream is never idle
+                await client.post("/v1/topics/t:test/events", json={"payload": 1}, headers=admin)
+                await asyncio.sleep(0.2)
+
+        opened = time.monotonic()
+        publisher = asyncio.create_task(busy())
+        try:
+            async with client.stream("GET", "/v1/channels/testing/alice:2", headers=short) as sse:
+                assert sse.status_code == 200
+                events = 0
+                async for line in sse.aiter_lines():
+                    events += line.startswith("id:")
+                    assert time.monotonic() - opened < 8, "the stream outlived its token"
+        finally:
+            publisher.cancel()
+        assert events > 3
+        assert 1.0 <= time.monotonic() - opened < 5
