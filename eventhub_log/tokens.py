@@ -115,7 +115,7 @@ def load_verification_key(
         raw = secret.encode()
         if len(raw) < MIN_SECRET_BYTES:
             raise AuthKeyError(
-                f"EVENTHUB_AUTH_SECRET is {len(raw)} bytes; an HS256 secret needs at least "
+                f"the HS256 secret is {len(raw)} bytes; it needs at least "
                 f"{MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
             )
         return VerificationKey("HS256", raw, audience)
