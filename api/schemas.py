@@ -88,6 +88,7 @@ class TopicOut(BaseModel):
 
 class TopicsOut(BaseModel):
     topics: list[TopicOut]
+    next: str | None = Field(default=None, description="relative URL of the next page, or null")
 
 
 class SubscriptionOut(BaseModel):

@@ -467,10 +467,16 @@ class EventHub:
             else:
                 after_seq = page[-1].seq
 
-    async def topics(self) -> list[TopicInfo]:
+    async def topics(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[TopicInfo]:
+        """Topics in name order: all of them, or a page (those after ``after``, at
+        most ``limit``)."""
+        if limit is not None and limit < 1:
+            raise ValidationError("limit must be at least 1")
         self._require_running()
         async with self.database.read() as conn:
-            return await queries.topic_infos(conn)
+            return await queries.topic_infos(conn, after=after, limit=limit)
 
     async def subscriptions(self, subscriber_id: str) -> list[str]:
         validate_subscriber(subscriber_id)

@@ -297,7 +297,10 @@ def test_topic_list_shows_only_what_the_token_may_read(
     with httpx.Client(base_url=auth_server.url, timeout=10) as client:
         listed = client.get("/v1/topics", headers=bearer(reader)).json()["topics"]
         assert sorted(item["topic"] for item in listed) == ["notifications:alice", "room:1"]
-        assert client.get("/v1/topics", headers=bearer(token("carol", {}))).json() == {"topics": []}
+        assert client.get("/v1/topics", headers=bearer(token("carol", {}))).json() == {
+            "topics": [],
+            "next": None,
+        }
         assert client.get("/v1/topics").status_code == 401
     assert len(admin.get("/v1/topics").json()["topics"]) == 5
 
@@ -552,3 +555,21 @@ async def test_websocket_origin_is_checked_against_the_cors_list(database_url: s
         assert refused.value.response.status_code == 403
     finally:
         server.kill()
+
+
+def test_filtered_topic_pages_hold_only_readable_topics(
+    auth_server: Server, admin: httpx.Client
+) -> None:
+    names = [f"{'pub' if n % 3 == 0 else 'priv'}:{n:02d}" for n in range(30)]
+    batch = {"events": [{"topic": name, "payload": 1} for name in names]}
+    assert admin.post("/v1/events", json=batch).status_code == 201
+    reader = bearer(token("alice", {"history": ["pub:*"]}))
+    seen: list[str] = []
+    link: str | None = "/v1/topics?limit=4"
+    with httpx.Client(base_url=auth_server.url, timeout=10, headers=reader) as client:
+        while link is not None:
+            page = client.get(link).json()
+            assert len(page["topics"]) <= 4
+            seen += [item["topic"] for item in page["topics"]]
+            link = page["next"]
+    assert seen == sorted(name for name in names if name.startswith("pub:"))

@@ -208,7 +208,7 @@ def test_history_paging_filters_and_export(client: httpx.Client) -> None:
 
 
 def test_topic_list(client: httpx.Client) -> None:
-    assert client.get("/v1/topics").json() == {"topics": []}
+    assert client.get("/v1/topics").json() == {"topics": [], "next": None}
     client.post("/v1/topics/b/events", json={"payload": 1})
     client.post("/v1/topics/b/events", json={"payload": 2})
     client.post("/v1/topics/a/events", json={"payload": 3})
@@ -312,3 +312,25 @@ def test_rest_subscriptions_reach_an_open_stream(server: Server) -> None:
                 return [(json.loads(e.data)["topic"], json.loads(e.data)["payload"]) for e in got]
 
     assert asyncio.run(run()) == [("room:b", "b1"), ("room:a", "a1"), ("room:a", "a2")]
+
+
+def test_topic_list_pages(client: httpx.Client) -> None:
+    names = [f"t{n:03d}" for n in range(25)]
+    batch = {"events": [{"topic": name, "payload": 1} for name in names]}
+    assert client.post("/v1/events", json=batch).status_code == 201
+    seen: list[str] = []
+    link: str | None = "/v1/topics?limit=10"
+    pages = 0
+    while link is not None:
+        page = client.get(link).json()
+        assert len(page["topics"]) <= 10
+        seen += [item["topic"] for item in page["topics"]]
+        link = page["next"]
+        pages += 1
+    assert seen == names
+    assert pages == 3
+    after = client.get("/v1/topics", params={"after": "t020", "limit": 100}).json()
+    assert [item["topic"] for item in after["topics"]] == names[21:]
+    assert after["next"] is None
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after": "x" * 256}):
+        assert client.get("/v1/topics", params=bad).status_code == 422

@@ -178,32 +178,37 @@ async def event_at(conn: AsyncConnection, position: int) -> Event | None:
     return None if row is None else _event(row)
 
 
-async def topic_infos(conn: AsyncConnection) -> list[TopicInfo]:
-    """One row per topic, without scanning the events: seqs have no holes and
-    retention deletes a prefix, so a topic holds exactly the seqs after
-    ``pruned_through_seq`` up to ``last_seq``, and its first event is a key lookup."""
+async def topic_infos(
+    conn: AsyncConnection, *, after: str | None = None, limit: int | None = None
+) -> list[TopicInfo]:
+    """One row per topic in name order (those after ``after``, at most ``limit``),
+    without scanning the events: seqs have no holes and retention deletes a
+    prefix, so a topic holds exactly the seqs after ``pruned_through_seq`` up to
+    ``last_seq``, and its first event is a key lookup; its subscriber count is a
+    range of the subscriptions' primary key, so a page costs its own rows only."""
     first = (
         select(events.c.published_at)
         .where(events.c.topic == topics.c.topic, events.c.seq == topics.c.pruned_through_seq + 1)
         .scalar_subquery()
     )
-    subs = (
-        select(subscriptions.c.topic, func.count().label("n"))
-        .group_by(subscriptions.c.topic)
-        .subquery()
+    subscriber_count = (
+        select(func.count())
+        .select_from(subscriptions)
+        .where(subscriptions.c.topic == topics.c.topic)
+        .scalar_subquery()
     )
-    query = (
-        select(
-            topics.c.topic,
-            topics.c.last_seq,
-            topics.c.last_seq - topics.c.pruned_through_seq,
-            first,
-            topics.c.last_published_at,
-            func.coalesce(subs.c.n, 0),
-        )
-        .select_from(topics.outerjoin(subs, subs.c.topic == topics.c.topic))
-        .order_by(topics.c.topic)
-    )
+    query = select(
+        topics.c.topic,
+        topics.c.last_seq,
+        topics.c.last_seq - topics.c.pruned_through_seq,
+        first,
+        topics.c.last_published_at,
+        subscriber_count,
+    ).order_by(topics.c.topic)
+    if after is not None:
+        query = query.where(topics.c.topic > after)
+    if limit is not None:
+        query = query.limit(limit)
     return [TopicInfo(*row) for row in await conn.execute(query)]
 
 
