@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["stateful", "stateless"]
 # Events read per query of an export; each page is a short read of its own.
-EXPORT_PAGE = 1000
 MAX_HISTORY_LIMIT = 1000
+EXPORT_PAGE = MAX_HISTORY_LIMIT
 # Every live instance applies a subscription change within a poll interval;
 # ten minutes is far beyond that, even across a long database outage.
 _CHANGES_KEPT = timedelta(minutes=10)
@@ -440,32 +440,24 @@ class EventHub:
         connection, so exports cannot starve the pool. Pages continue by seq
         (keyset), so none is skipped or repeated; an ascending export also
         takes in events appended while it runs."""
-        validate_topic(topic)
-        validate_range(
-            after_seq=after_seq, before_seq=before_seq, since=since, until=until, order=order
-        )
-        self._require_running()
-        descending = order == "desc"
         while True:
-            async with self.database.read() as conn:
-                page = await queries.history(
-                    conn,
-                    topic,
-                    after_seq=after_seq,
-                    before_seq=before_seq,
-                    since=since,
-                    until=until,
-                    descending=descending,
-                    limit=EXPORT_PAGE,
-                )
-            for event in page:
+            page = await self.history_page(
+                topic,
+                after_seq=after_seq,
+                before_seq=before_seq,
+                since=since,
+                until=until,
+                limit=EXPORT_PAGE,
+                order=order,
+            )
+            for event in page.events:
                 yield event
-            if len(page) < EXPORT_PAGE:
+            if not page.has_more:
                 return
-            if descending:
-                before_seq = page[-1].seq
+            if order == "desc":
+                before_seq = page.events[-1].seq
             else:
-                after_seq = page[-1].seq
+                after_seq = page.events[-1].seq
 
     async def topics(
         self, *, after: str | None = None, limit: int | None = None
