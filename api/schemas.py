@@ -55,6 +55,10 @@ class EventOut(BaseModel):
     publisher: str | None = Field(
         description="the sub of the publishing token; null when the hub is open"
     )
+    hash: str | None = Field(
+        description="lowercase hex SHA-256 linking the event into its topic's chain "
+        "(contract section 8, docs/audit.md)"
+    )
 
 
 class BatchOut(BaseModel):
@@ -127,3 +131,12 @@ def _timestamp(moment: datetime | None) -> str | None:
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer with."""
     return {status: {"model": ErrorOut} for status in statuses}
+
+
+class VerificationOut(BaseModel):
+    topic: str
+    ok: bool
+    from_seq: int = Field(description="the first event checked: after what retention deleted")
+    through_seq: int = Field(description="the last event whose hash held")
+    head_hash: str = Field(description="that event's hash (the anchor when none held)")
+    first_bad_seq: int | None = Field(description="where the chain broke; null when ok")

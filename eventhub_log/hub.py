@@ -29,7 +29,7 @@ from .store import queries
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
 from .subscription_sync import SubscriptionSync
 from .validation import (
-    encode_payload,
+    encode_for_log,
     validate_exclude,
     validate_publisher,
     validate_range,
@@ -666,11 +666,14 @@ def _pending(
     topic: str, exclude_id: str | None, payload: Any, publisher: str | None
 ) -> PendingEvent:
     """``publisher`` is already validated: a batch checks it once, not per event."""
+    topic = validate_topic(topic)
+    stored, canonical = encode_for_log(payload)
     return PendingEvent(
-        topic=validate_topic(topic),
-        payload_json=encode_payload(payload),
+        topic=topic,
+        payload_json=stored,
         exclude_id=validate_exclude(exclude_id),
         publisher=publisher,
+        payload_canonical=canonical,
     )
 
 

@@ -61,7 +61,7 @@ def request_hash(events: Sequence[PendingEvent]) -> str:
 def encode_result(events: Sequence[Event]) -> str:
     return json.dumps(
         [
-            [ev.topic, ev.seq, ev.position, ev.published_at.isoformat(), ev.publisher]
+            [ev.topic, ev.seq, ev.position, ev.published_at.isoformat(), ev.publisher, ev.hash]
             for ev in events
         ],
         separators=(",", ":"),
@@ -80,6 +80,8 @@ def decode_result(text: str, pending: Sequence[PendingEvent]) -> list[Event]:
             exclude_id=item.exclude_id,
             # Keys stored before revision 0005 hold four fields: their events have none.
             publisher=row[4] if len(row) > 4 else None,
+            # And those stored before revision 0006 no hash.
+            hash=row[5] if len(row) > 5 else None,
         )
         for row, item in zip(rows, pending, strict=True)
     ]

@@ -27,6 +27,9 @@ class Event:
     exclude_id: str | None = None
     # The ``sub`` of the token that published it; ``None`` on an open hub.
     publisher: str | None = None
+    # Its link in the topic's hash chain (chain.py); ``None`` only for an event
+    # replayed from an idempotency key stored before the chain existed.
+    hash: str | None = None
 
     @property
     def id(self) -> str:
@@ -48,6 +51,7 @@ class Event:
             "published_at": format_timestamp(self.published_at),
             "exclude": self.exclude_id,
             "publisher": self.publisher,
+            "hash": self.hash,
         }
 
 
@@ -72,12 +76,14 @@ class TopicInfo:
 
 @dataclass(frozen=True)
 class PendingEvent:
-    """A validated event waiting for the writer; the payload is already JSON text."""
+    """A validated event waiting for the writer; the payload is already JSON text,
+    and ``payload_canonical`` its RFC 8785 text (``None``: the writer derives it)."""
 
     topic: str
     payload_json: str
     exclude_id: str | None = None
     publisher: str | None = None
+    payload_canonical: str | None = None
 
 
 @dataclass(frozen=True)

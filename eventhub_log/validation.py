@@ -9,6 +9,8 @@ from datetime import datetime
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
+import rfc8785
+
 from .errors import (
     InvalidPayload,
     InvalidPublisher,
@@ -36,7 +38,10 @@ _VALID_TOPICS: set[str] = set()
 _VALID_TOPICS_KEPT = 10_000
 # Types that need no further look, checked by exact type (subclasses take the
 # general path): a set lookup is much cheaper than isinstance with a union.
-_JSON_LEAVES = frozenset({str, int, bool, type(None)})
+# ``int`` is not one: RFC 8785 writes numbers as IEEE doubles, so an integer
+# beyond 2**53 - 1 would hash as a different number (see encode_for_log).
+_JSON_LEAVES = frozenset({str, bool, type(None)})
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def validate_topic(topic: object) -> str:
@@ -139,10 +144,28 @@ def validate_range(
 
 def encode_payload(payload: Any) -> str:
     """Encode strictly: only JSON types, finite numbers, string keys."""
-    _check_json_types(payload)
+    return encode_for_log(payload)[0]
+
+
+def encode_for_log(payload: Any) -> tuple[str, str]:
+    """The payload's stored JSON text and its RFC 8785 (JCS) text, for the hash chain.
+
+    Refuses with ``InvalidPayload`` what either cannot represent exactly: non-JSON
+    types, NaN and infinities, lone surrogates, and integers beyond
+    +/-(2**53 - 1), which JCS writes as the nearest double (a different number,
+    so a verifier in another language would disagree). Refusing here, before the
+    writer, means one bad caller never fails a batch.
+
+    For the usual payload (no floats, exact JSON types, keys within the Basic
+    Multilingual Plane) the standard library's sorted, compact encoding is
+    byte-for-byte JCS, at a twentieth of ``rfc8785``'s cost; anything else is
+    canonicalised by ``rfc8785`` from the stored text, which is what a verifier
+    reads back.
+    """
+    plain = _check_json_types(payload)
     try:
         text = _encode(payload)
-    except (TypeError, ValueError) as exc:  # huge ints
+    except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
     if not text.isascii():
         # A lone surrogate (say from a badly decoded file name) has no UTF-8 form:
@@ -154,14 +177,19 @@ def encode_payload(payload: Any) -> str:
                 "payload is not JSON-serialisable: it contains a lone surrogate "
                 f"{text[exc.start : exc.end]!r}, which is not Unicode text"
             ) from exc
-    return text
+    if plain:
+        return text, _encode_sorted(payload)
+    try:
+        return text, rfc8785.dumps(json.loads(text)).decode()
+    except rfc8785.CanonicalizationError as exc:
+        raise InvalidPayload(f"payload has no RFC 8785 form: {exc}") from exc
 
 
 def _refuse(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not a JSON type")
 
 
-def _c_encoder() -> Callable[[Any], str] | None:
+def _c_encoder(*, sort_keys: bool = False) -> Callable[[Any], str] | None:
     """The C encoder ``JSONEncoder.encode`` builds on every call, built once.
 
     It needs no circular-reference markers: ``_check_json_types`` has already
@@ -170,15 +198,25 @@ def _c_encoder() -> Callable[[Any], str] | None:
     if c_make_encoder is None:  # an interpreter without the C accelerator
         return None
     chunks: Callable[[Any, int], Iterator[str]] = c_make_encoder(
-        None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        None, _refuse, json.encoder.encode_basestring, None, ":", ",", sort_keys, False, False
     )
     return lambda payload: "".join(chunks(payload, 0))
 
 
 _encode: Callable[[Any], str] = _c_encoder() or _ENCODER.encode
+_encode_sorted: Callable[[Any], str] = (
+    _c_encoder(sort_keys=True)
+    or json.JSONEncoder(
+        ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True
+    ).encode
+)
 
 
-def _check_json_types(value: Any, depth: int = 0) -> None:
+def _check_json_types(value: Any, depth: int = 0) -> bool:
+    """Refuse what JSON or RFC 8785 cannot hold; ``True`` when the payload is plain:
+    no floats (JCS formats numbers as ECMAScript does, not as Python does), exact
+    JSON types only, and no object key beyond the Basic Multilingual Plane (JCS
+    sorts keys by UTF-16 code units, Python by code points; they agree below it)."""
     # json.dumps quietly turns tuples into lists and int keys into strings, and
     # stores NaN as a bare token other parsers reject; refuse them all up front.
     if depth > MAX_PAYLOAD_DEPTH:
@@ -188,33 +226,56 @@ def _check_json_types(value: Any, depth: int = 0) -> None:
         )
     kind = type(value)
     if kind in _JSON_LEAVES:
-        return
+        return True
+    if kind is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return True
+        raise _unsafe_integer(value)
+    plain = True
     # Children of a container at the depth limit are checked (and refused) below.
     leaves = _JSON_LEAVES if depth < MAX_PAYLOAD_DEPTH else frozenset()
     if kind is dict or (kind is not list and isinstance(value, dict)):
+        plain = kind is dict
         for key, item in value.items():
-            if type(key) is not str and not isinstance(key, str):
-                raise InvalidPayload(
-                    "payload is not JSON-serialisable: object keys must be strings, "
-                    f"found {type(key).__name__} key {key!r}"
-                )
-            if type(item) not in leaves:
-                _check_json_types(item, depth + 1)
-        return
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise InvalidPayload(
+                        "payload is not JSON-serialisable: object keys must be strings, "
+                        f"found {type(key).__name__} key {key!r}"
+                    )
+                plain = False
+            elif not key.isascii() and max(key) > "\uffff":
+                plain = False
+            if type(item) not in leaves and not _check_json_types(item, depth + 1):
+                plain = False
+        return plain
     if kind is list or isinstance(value, list):
+        plain = kind is list
         for item in value:
-            if type(item) not in leaves:
-                _check_json_types(item, depth + 1)
-        return
+            if type(item) not in leaves and not _check_json_types(item, depth + 1):
+                plain = False
+        return plain
     if isinstance(value, (bool, str)):
-        return
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and (value != value or value in (_INF, -_INF)):
+        return False
+    if isinstance(value, int):
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return False
+        raise _unsafe_integer(value)
+    if isinstance(value, float):
+        if value != value or value in (_INF, -_INF):
             raise InvalidPayload(
                 "payload is not JSON-serialisable: NaN and Infinity have no JSON form"
             )
-        return
+        return False
     raise InvalidPayload(
         f"payload is not JSON-serialisable: {type(value).__name__} is not a JSON type "
         "(use dict, list, str, int, float, bool or None)"
+    )
+
+
+def _unsafe_integer(value: int) -> InvalidPayload:
+    shown = str(value) if value.bit_length() < 200 else f"an integer of {value.bit_length()} bits"
+    return InvalidPayload(
+        f"payload integer {shown} is beyond +/-(2**53 - 1): RFC 8785, which the event "
+        "hash uses, cannot represent it exactly; send it as a string"
     )

@@ -19,6 +19,8 @@ from eventhub_log import EventHub
 from eventhub_log.model import TopicInfo, format_timestamp
 from eventhub_log.store.tables import events, topics
 
+from . import hashes
+
 
 def run(
     *args: str, stdin: str | None = None, check: bool = True
@@ -80,6 +82,7 @@ def test_publish_then_history_and_export(url: str) -> None:
         "published_at",
         "exclude",
         "publisher",
+        "hash",
     ]
 
     window = run(
@@ -104,8 +107,27 @@ def test_publish_then_history_and_export(url: str) -> None:
 
     table = run("export", "room:lobby", "--format", "csv", "--database-url", url).stdout
     rows = list(csv.reader(io.StringIO(table)))
-    assert rows[0] == ["topic", "seq", "id", "published_at", "exclude", "publisher", "payload"]
-    assert rows[2] == ["room:lobby", "2", second["id"], second["published_at"], "ch-1", "", "[1,2]"]
+    assert rows[0] == [
+        "topic",
+        "seq",
+        "id",
+        "published_at",
+        "exclude",
+        "publisher",
+        "hash",
+        "payload",
+    ]
+    assert rows[2] == [
+        "room:lobby",
+        "2",
+        second["id"],
+        second["published_at"],
+        "ch-1",
+        "",
+        second["hash"],
+        "[1,2]",
+    ]
+    assert [row[6] for row in rows[1:]] == hashes.chain(lines)
     assert len(rows) == 7
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from . import hashes
 from .server import Server
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
@@ -44,6 +45,7 @@ def test_publish_one_event_and_read_it_back(client: httpx.Client) -> None:
             "published_at": body["published_at"],
             "exclude": None,
             "publisher": None,
+            "hash": hashes.chain(history["events"])[0],
         },
         {
             "topic": "room:lobby",
@@ -53,6 +55,7 @@ def test_publish_one_event_and_read_it_back(client: httpx.Client) -> None:
             "published_at": second["published_at"],
             "exclude": "ch-1",
             "publisher": None,
+            "hash": hashes.chain(history["events"])[1],
         },
     ]
 
@@ -203,6 +206,7 @@ def test_history_paging_filters_and_export(client: httpx.Client) -> None:
         "published_at",
         "exclude",
         "publisher",
+        "hash",
     ]
     assert lines[0]["payload"] == {"n": 19}
 

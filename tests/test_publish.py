@@ -67,7 +67,7 @@ async def test_any_json_value_round_trips(hub: EventHub) -> None:
         None,
         True,
         0,
-        -(2**53),
+        -(2**53 - 1),  # the last integer RFC 8785 (the event hash) holds exactly
         1.5,
         "",
         "ünïcødé ☃ \u2028",
@@ -206,8 +206,9 @@ async def test_a_failed_commit_fails_its_callers_and_the_writer_goes_on(hub: Eve
     first = await hub.publish("t", None, 1)
     # A row the hub did not write takes the position its next event would get.
     intruder = (
-        "INSERT INTO events (topic, seq, position, payload, exclude_id, published_at)"
-        f" VALUES ('other', 1, {first.position + 1}, '0', NULL, '2026-01-01 00:00:00.000000')"
+        "INSERT INTO events (topic, seq, position, payload, exclude_id, published_at, hash)"
+        f" VALUES ('other', 1, {first.position + 1}, '0', NULL, '2026-01-01 00:00:00.000000',"
+        f" '{'0' * 64}')"
     )
     async with hub.database.engine.begin() as conn:
         await conn.exec_driver_sql(intruder)

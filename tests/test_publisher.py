@@ -22,6 +22,7 @@ from eventhub_log.idempotency import request_hash
 from eventhub_log.model import PendingEvent
 from eventhub_log.store.tables import idempotency_keys
 
+from . import hashes
 from .test_feed import take
 
 
@@ -67,6 +68,7 @@ async def test_publish_stores_and_returns_the_publisher(hub: EventHub) -> None:
         "published_at": event.to_dict()["published_at"],
         "exclude": "ch-1",
         "publisher": "alice",
+        "hash": hashes.chain([event.to_dict()])[0],
     }
     # The hand-written JSON of history pages and exports says the same, in order.
     assert json.loads(event_json(stored)) == event.to_dict()
@@ -295,9 +297,19 @@ def test_export_and_csv_from_the_command_line_show_the_publisher(database_url: s
     lines = [json.loads(line) for line in export("ndjson").splitlines()]
     assert lines == [event.to_dict() for event in events]
     rows = list(csv.reader(io.StringIO(export("csv"))))
-    assert rows[0] == ["topic", "seq", "id", "published_at", "exclude", "publisher", "payload"]
-    assert [row[4:] for row in rows[1:]] == [
+    assert rows[0] == [
+        "topic",
+        "seq",
+        "id",
+        "published_at",
+        "exclude",
+        "publisher",
+        "hash",
+        "payload",
+    ]
+    assert [row[4:6] + row[7:] for row in rows[1:]] == [
         ["ch-1", "alice", '{"a":1}'],
         ["", 'o"neil, ltd', "[2]"],
         ["", "", "3"],
     ]
+    assert [row[6] for row in rows[1:]] == [event.hash for event in events]

@@ -92,8 +92,8 @@ async def _event_columns(url: str) -> list[str]:
     return [column["name"] for column in columns]
 
 
-async def test_head_is_the_publisher_revision_and_the_tables_mirror_it(database_url: str) -> None:
-    assert head_revision() == "0005"
+async def test_head_is_the_hash_chain_revision_and_the_tables_mirror_it(database_url: str) -> None:
+    assert head_revision() == "0006"
     async with EventHub(database_url, auto_migrate=True) as hub, hub.database.read() as conn:
         differences = await conn.run_sync(
             lambda sync: compare_metadata(

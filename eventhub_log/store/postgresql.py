@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -12,8 +13,10 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
+from ..chain import GENESIS
 from ..errors import DatabaseUnavailable, StorageError
 from ..model import Event, PendingEvent
+from .queries import number_events
 from .tables import subscriptions, topics
 
 # LISTEN/NOTIFY channels (notify/postgres.py listens). Every write transaction
@@ -54,7 +57,7 @@ def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
             "last_seq": topics.c.last_seq + stmt.excluded.last_seq,
             "last_published_at": stmt.excluded.last_published_at,
         },
-    ).returning(topics.c.topic, topics.c.last_seq)
+    ).returning(topics.c.topic, topics.c.last_seq, topics.c.last_hash)
 
 
 def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
@@ -72,68 +75,85 @@ def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
     return pg_insert(subscriptions).values(rows).on_conflict_do_nothing()
 
 
-# The writer's append as one statement on the driver, prepared once per
-# connection and run in its own implicit transaction: one round trip, no BEGIN
-# or COMMIT. Every other CTE reads ``head``, so its UPDATE of ``log_head`` runs
-# (and takes the row lock) before any ``topics`` row is touched: the lock order
-# of ``queries.append`` (commit order, and no deadlock on ``topics`` rows), with
-# seqs and positions numbered in SQL from the new head. ``notified`` sends the
-# NOTIFY (see ``signal_appended``); the final join makes it run exactly once.
-_APPEND = f"""
-WITH input AS (
-    SELECT topic, payload, exclude_id, publisher, ord
-    FROM unnest($1::text[], $2::text[], $3::text[], $6::text[])
-        WITH ORDINALITY AS i(topic, payload, exclude_id, publisher, ord)
-), head AS (
-    UPDATE log_head SET position = position + $5::bigint WHERE id = 1 RETURNING position
-), counts AS (
-    SELECT topic, count(*) AS n FROM input GROUP BY topic
+# The writer's append as two statements on the driver, each prepared once per
+# connection, in one transaction. The first bumps ``log_head`` (taking its row
+# lock before any ``topics`` row is touched: the lock order of
+# ``queries.append``, for commit order and no deadlock on ``topics`` rows) and
+# the batch's topics, returning each topic's new ``last_seq`` and the hash its
+# chain ends with; ON CONFLICT DO UPDATE works on the latest committed row, so
+# both are the true heads, whichever instance wrote last. The hashes are then
+# computed here (the payloads' canonical texts are ready from validation) and
+# the second statement inserts the events, moves each topic's ``last_hash`` and
+# sends the NOTIFY (see ``signal_appended``).
+#
+# The chain needs the previous hash before the events can be written, so the
+# one-statement append this replaced (the numbering done in SQL) cannot carry
+# it: two statements plus BEGIN and COMMIT are four round trips instead of one,
+# a few tenths of a millisecond a batch on a local server.
+_RESERVE = """
+WITH head AS (
+    UPDATE log_head SET position = position + $3::bigint WHERE id = 1 RETURNING position
 ), bumped AS (
     INSERT INTO topics AS t (topic, last_seq, created_at, last_published_at)
-    SELECT c.topic, c.n, $4::timestamp, $4::timestamp FROM counts c CROSS JOIN head
+    SELECT c.topic, c.n, $4::timestamp, $4::timestamp
+    FROM unnest($1::text[], $2::bigint[]) AS c(topic, n) CROSS JOIN head
     ON CONFLICT (topic) DO UPDATE
         SET last_seq = t.last_seq + excluded.last_seq,
             last_published_at = excluded.last_published_at
-    RETURNING t.topic, t.last_seq
-), notified AS (
-    SELECT pg_notify('{EVENTS_CHANNEL}', position::text) FROM head
+    RETURNING t.topic, t.last_seq, t.last_hash
 )
-INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at)
-SELECT i.topic,
-       b.last_seq - c.n + row_number() OVER (PARTITION BY i.topic ORDER BY i.ord),
-       h.position - $5::bigint + i.ord, i.payload, i.exclude_id, i.publisher, $4::timestamp
-FROM input i
-    JOIN bumped b ON b.topic = i.topic
-    JOIN counts c ON c.topic = i.topic
-    CROSS JOIN head h
-    CROSS JOIN notified
-RETURNING position, seq
+SELECT b.topic, b.last_seq, b.last_hash, h.position FROM bumped b CROSS JOIN head h
+"""
+_INSERT = f"""
+WITH inserted AS (
+    INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at, hash)
+    SELECT topic, seq, position, payload, exclude_id, publisher, $7::timestamp, hash
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                $8::text[]) AS i(topic, seq, position, payload, exclude_id, publisher, hash)
+), heads AS (
+    UPDATE topics AS t SET last_hash = h.hash
+    FROM unnest($9::text[], $10::text[]) AS h(topic, hash) WHERE t.topic = h.topic
+)
+SELECT pg_notify('{EVENTS_CHANNEL}', $11::text)
 """
 
 
 async def append_batch(
     conn: AsyncConnection, pending: Sequence[PendingEvent], now: datetime
 ) -> list[Event]:
-    """Append in one statement of its own on the asyncpg connection, committed on return.
+    """Append in a transaction of its own on the asyncpg connection, committed on return.
 
-    The same rows and numbers as ``queries.append``, in one round trip instead of
-    five, and with no multi-row upsert and insert for SQLAlchemy to compile per batch.
+    The same rows and numbers as ``queries.append``, with no multi-row upsert and
+    insert for SQLAlchemy to compile per batch.
     """
     import asyncpg  # type: ignore[import-untyped]  # (only ever used with this dialect)
 
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
     naive = now.replace(tzinfo=None)  # timestamps are stored as naive UTC
+    counts = Counter(item.topic for item in pending)
     try:
-        rows = await driver.fetch(
-            _APPEND,
-            [item.topic for item in pending],
-            [item.payload_json for item in pending],
-            [item.exclude_id for item in pending],
-            naive,
-            len(pending),
-            [item.publisher for item in pending],
-        )
+        async with driver.transaction():
+            rows = await driver.fetch(
+                _RESERVE, list(counts), list(counts.values()), len(pending), naive
+            )
+            last_seqs = {row[0]: row[1] for row in rows}
+            heads = {row[0]: row[2] or GENESIS for row in rows}
+            stored = number_events(pending, rows[0][3], last_seqs, now, heads)
+            await driver.execute(
+                _INSERT,
+                [e.topic for e in stored],
+                [e.seq for e in stored],
+                [e.position for e in stored],
+                [e.payload_json for e in stored],
+                [e.exclude_id for e in stored],
+                [e.publisher for e in stored],
+                naive,
+                [e.hash for e in stored],
+                list(heads),
+                list(heads.values()),
+                str(stored[-1].position),
+            )
     except (
         OSError,
         asyncpg.InterfaceError,
@@ -149,20 +169,7 @@ async def append_batch(
             await conn.invalidate(exc)
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         raise StorageError(f"database error: {exc}") from exc
-    seqs = dict(rows)
-    first = min(seqs) - 1
-    return [
-        Event(
-            item.topic,
-            seqs[first + offset],
-            first + offset,
-            now,
-            item.payload_json,
-            item.exclude_id,
-            item.publisher,
-        )
-        for offset, item in enumerate(pending, start=1)
-    ]
+    return stored
 
 
 def _is_unavailable(sqlstate: str | None) -> bool:

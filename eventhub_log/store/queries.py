@@ -8,10 +8,11 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..model import Event, PendingEvent, SubscriptionChange, TopicInfo
+from ..chain import GENESIS, canonical_payload, link
+from ..model import Event, PendingEvent, SubscriptionChange, TopicInfo, format_timestamp
 from .tables import events, instances, log_head, subscription_changes, subscriptions, topics
 
 _EVENT_COLUMNS = (
@@ -22,6 +23,7 @@ _EVENT_COLUMNS = (
     events.c.payload,
     events.c.exclude_id,
     events.c.publisher,
+    events.c.hash,
 )
 
 
@@ -38,6 +40,7 @@ def _event(row: Any) -> Event:
         payload_json=row[4],
         exclude_id=row[5],
         publisher=row[6],
+        hash=row[7],
     )
     return event
 
@@ -71,8 +74,12 @@ async def append(
             for topic, n in per_topic.items()
         ]
     )
-    last_seqs = {topic: last_seq for topic, last_seq in (await conn.execute(upsert)).all()}
-    stored = number_events(pending, head, last_seqs, now)
+    # The row lock on ``log_head`` is held, so each topic's last hash read here is
+    # the chain's head: no other writer can append to it before this commits.
+    bumped = (await conn.execute(upsert)).all()
+    last_seqs = {topic: last_seq for topic, last_seq, _ in bumped}
+    heads = {topic: last_hash or GENESIS for topic, _, last_hash in bumped}
+    stored = number_events(pending, head, last_seqs, now, heads)
     await conn.execute(
         events.insert(),
         [
@@ -84,31 +91,59 @@ async def append(
                 "exclude_id": ev.exclude_id,
                 "publisher": ev.publisher,
                 "published_at": now,
+                "hash": ev.hash,
             }
             for ev in stored
         ],
+    )
+    await conn.execute(
+        update(topics)
+        .where(topics.c.topic == bindparam("b_topic"))
+        .values(last_hash=bindparam("b_hash")),
+        [{"b_topic": topic, "b_hash": last_hash} for topic, last_hash in heads.items()],
     )
     await dialect.signal_appended(conn, head)
     return stored
 
 
 def number_events(
-    pending: Sequence[PendingEvent], head: int, last_seqs: dict[str, int], now: datetime
+    pending: Sequence[PendingEvent],
+    head: int,
+    last_seqs: dict[str, int],
+    now: datetime,
+    heads: dict[str, str],
 ) -> list[Event]:
-    """Give a batch its positions and seqs, ending at ``head`` and at each topic's
-    ``last_seq`` (the values the batch's own updates of ``log_head`` and ``topics``
-    returned)."""
+    """Give a batch its positions, seqs and hashes, ending at ``head`` and at each
+    topic's ``last_seq`` (the values the batch's own updates of ``log_head`` and
+    ``topics`` returned). ``heads`` holds each topic's last hash before the batch
+    and is left holding the batch's last hash of each."""
     next_seq = dict(last_seqs)
     for item in pending:
         next_seq[item.topic] -= 1
     stored: list[Event] = []
     position = head - len(pending)
+    published_at = format_timestamp(now)
     for item in pending:
         topic = item.topic
         position += 1
         seq = next_seq[topic] = next_seq[topic] + 1
+        canonical = item.payload_canonical
+        if canonical is None:
+            canonical = canonical_payload(item.payload_json)
+        digest = heads[topic] = link(
+            heads[topic], topic, seq, published_at, item.exclude_id, item.publisher, canonical
+        )
         stored.append(
-            Event(topic, seq, position, now, item.payload_json, item.exclude_id, item.publisher)
+            Event(
+                topic,
+                seq,
+                position,
+                now,
+                item.payload_json,
+                item.exclude_id,
+                item.publisher,
+                digest,
+            )
         )
     return stored
 
@@ -405,3 +440,25 @@ async def sweep_expired(conn: AsyncConnection, expired_before: datetime) -> int:
 async def remove_instance(conn: AsyncConnection, instance_id: str) -> None:
     await conn.execute(delete(subscriptions).where(subscriptions.c.instance_id == instance_id))
     await conn.execute(delete(instances).where(instances.c.instance_id == instance_id))
+
+
+# The hash chain ------------------------------------------------------------
+
+
+async def chain_state(conn: AsyncConnection, topic: str) -> tuple[int, int, str] | None:
+    """``(last_seq, pruned_through_seq, anchor)`` of a topic, the anchor being the
+    hash its first kept event chains from; ``None`` for an unknown topic."""
+    row = (
+        await conn.execute(
+            select(topics.c.last_seq, topics.c.pruned_through_seq, topics.c.pruned_hash).where(
+                topics.c.topic == topic
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return int(row[0]), int(row[1]), row[2] or GENESIS
+
+
+async def topic_names(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(select(topics.c.topic).order_by(topics.c.topic))).scalars())

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
+from ..chain import GENESIS
 from ..errors import DatabaseUnavailable, StorageError
 from ..model import Event, PendingEvent
 from .queries import number_events
@@ -72,7 +73,7 @@ def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
             "last_seq": topics.c.last_seq + stmt.excluded.last_seq,
             "last_published_at": stmt.excluded.last_published_at,
         },
-    ).returning(topics.c.topic, topics.c.last_seq)
+    ).returning(topics.c.topic, topics.c.last_seq, topics.c.last_hash)
 
 
 def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
@@ -103,12 +104,13 @@ _BUMP_HEAD = "UPDATE log_head SET position = position + ? WHERE id = 1 RETURNING
 _BUMP_TOPIC = (
     "INSERT INTO topics (topic, last_seq, created_at, last_published_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (topic) DO UPDATE SET last_seq = topics.last_seq + excluded.last_seq, "
-    "last_published_at = excluded.last_published_at RETURNING last_seq"
+    "last_published_at = excluded.last_published_at RETURNING last_seq, last_hash"
 )
 _INSERT_EVENTS = (
-    "INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SET_HEAD_HASH = "UPDATE topics SET last_hash = ? WHERE topic = ?"
 
 
 async def append_batch(
@@ -143,18 +145,30 @@ def _append_on_thread(
     try:
         ((head,),) = db.execute(_BUMP_HEAD, (len(pending),)).fetchall()
         last_seqs: dict[str, int] = {}
+        heads: dict[str, str] = {}
         for topic, count in Counter(item.topic for item in pending).items():
-            ((last_seqs[topic],),) = db.execute(
+            ((last_seqs[topic], last_hash),) = db.execute(
                 _BUMP_TOPIC, (topic, count, now_text, now_text)
             ).fetchall()
-        stored = number_events(pending, head, last_seqs, now)
+            heads[topic] = last_hash or GENESIS
+        stored = number_events(pending, head, last_seqs, now, heads)
         db.executemany(
             _INSERT_EVENTS,
             [
-                (e.topic, e.seq, e.position, e.payload_json, e.exclude_id, e.publisher, now_text)
+                (
+                    e.topic,
+                    e.seq,
+                    e.position,
+                    e.payload_json,
+                    e.exclude_id,
+                    e.publisher,
+                    now_text,
+                    e.hash,
+                )
                 for e in stored
             ],
         )
+        db.executemany(_SET_HEAD_HASH, [(digest, topic) for topic, digest in heads.items()])
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:

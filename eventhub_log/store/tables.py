@@ -92,6 +92,11 @@ topics = Table(
     Column("last_published_at", UTCDateTime, nullable=True),
     # Retention deleted every event of the topic up to this seq (0: none).
     Column("pruned_through_seq", BigInteger, nullable=False, server_default="0"),
+    # The hash of the topic's last event (NULL: none yet), so an append chains
+    # on without reading the events table; and that of the last event retention
+    # deleted (NULL: none), from which the kept events' chain verifies.
+    Column("last_hash", String(64), nullable=True),
+    Column("pruned_hash", String(64), nullable=True),
 )
 
 events = Table(
@@ -105,6 +110,8 @@ events = Table(
     Column("published_at", UTCDateTime, nullable=False),
     # The publishing token's ``sub``; NULL on an open hub and for events older than 0005.
     Column("publisher", String(255), nullable=True),
+    # Its link in the topic's hash chain: see eventhub_log/chain.py.
+    Column("hash", String(64), nullable=False),
     PrimaryKeyConstraint("topic", "seq", name="pk_events"),
     UniqueConstraint("position", name="uq_events_position"),
     Index("ix_events_published_at", "topic", "published_at"),
