@@ -22,6 +22,7 @@ _STATUS: list[tuple[type[lib.EventHubError], int, str]] = [
     (lib.IdempotencyConflict, 409, "idempotency_conflict"),
     (lib.HubNotStarted, 503, "not_ready"),
     (lib.SchemaError, 503, "schema_mismatch"),
+    (lib.Overloaded, 503, "overloaded"),
     (lib.DatabaseUnavailable, 503, "database_unavailable"),
     (lib.StorageError, 500, "storage_error"),
 ]
@@ -36,6 +37,8 @@ _PUBLIC = {
     "not_ready": "the hub is starting or stopping; retry shortly",
     "schema_mismatch": "the database schema does not match this server version",
     "database_unavailable": "the database is unavailable or busy; retry shortly",
+    "overloaded": "too many publishes are waiting for the database; nothing was written; "
+    "retry shortly",
     "storage_error": "the database could not complete the request; nothing was acknowledged",
 }
 _INTERNAL = "the server failed to complete the request; nothing was acknowledged"

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MiB = 1024 * 1024
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVENTHUB_", extra="ignore")
@@ -21,6 +23,21 @@ class Settings(BaseSettings):
     body_limit: int = Field(default=1024 * 1024, ge=1, description="request body limit, bytes")
     heartbeat_interval: float = Field(default=15.0, gt=0, description="SSE ': ping' period, s")
     stream_buffer: int = Field(default=1000, ge=1, description="live events buffered per stream")
+    stream_buffer_bytes: int = Field(
+        default=4 * MiB,
+        ge=1,
+        description="payload bytes buffered per stream (live, or a catch-up page); "
+        "beyond it the stream catches up from the log",
+    )
+    frame_cache_bytes: int = Field(
+        default=32 * MiB, ge=0, description="encoded frames kept, bytes, per cache (SSE, WS)"
+    )
+    write_queue_events: int = Field(
+        default=10_000, ge=1, description="events waiting for the database; beyond it a 503"
+    )
+    write_queue_bytes: int = Field(
+        default=64 * MiB, ge=1, description="payload bytes waiting for the database; then 503"
+    )
     stream_write_timeout: float = Field(
         default=30.0, gt=0, description="SSE write blocked this long (s): cut off, client resumes"
     )
@@ -43,6 +60,9 @@ class Settings(BaseSettings):
         default=None, ge=1, description="largest WebSocket frame accepted, bytes (body_limit)"
     )
     ws_send_queue: int = Field(default=256, ge=1, description="frames queued per WebSocket")
+    ws_send_queue_bytes: int = Field(
+        default=4 * MiB, ge=1, description="bytes of frames queued per WebSocket"
+    )
     ws_frame_rate: float = Field(default=1000.0, gt=0, description="client frames/s allowed")
     ws_frame_burst: int = Field(default=5000, ge=1, description="client frames in a burst")
 

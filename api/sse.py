@@ -46,9 +46,12 @@ before "simplifying" one away):
    graceful timeout. The ticker reads uvicorn's ``should_exit`` through its
    SIGTERM handler (as sse-starlette does) and ends every stream cleanly; the
    clients resume by ``Last-Event-ID``. A closing hub also ends them.
-7. Slow readers: the feed's buffer is bounded and falls back to reading the log
-   when it overflows, so a reader that stalls costs a bounded amount of memory
-   and never blocks publishers or other streams. A write blocked on a full
+7. Slow readers: the feed's buffer is bounded (in events and in payload bytes)
+   and falls back to reading the log, in pages held to the same byte budget,
+   when it overflows; a write carries at most ``WRITE_BYTES`` (or one frame),
+   which is what the transport holds for a client that stops reading; the
+   frame cache is bounded in bytes too. So a reader that stalls costs a bounded
+   amount of memory and never blocks publishers or other streams. A write blocked on a full
    socket for longer than ``write_timeout`` cuts that stream off (the client
    resumes where it was); uvicorn logs such a cut as a response that did not
    complete, which is what it is.
@@ -86,7 +89,11 @@ MEDIA_TYPE = "text/event-stream"
 PING = b": ping\n\n"
 # Frames gathered into one write; bounds a write's size (and a slow socket's backlog).
 MAX_BATCH = 256
+# Payload bytes gathered into one write: a client that stops reading leaves about
+# one write in the server's transport buffer (a larger frame goes alone).
+WRITE_BYTES = 256 * 1024
 FRAME_CACHE_SIZE = 8192
+FRAME_CACHE_BYTES = 32 * 1024 * 1024
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -140,10 +147,13 @@ class FrameCache:
 
     A committed position never changes meaning, and a frame does not depend on
     who reads it (exclusion decides whether it is sent, not what it says).
+    Bounded in frames and in bytes; a frame over ``max_bytes`` is not kept.
     """
 
-    def __init__(self, size: int = FRAME_CACHE_SIZE) -> None:
+    def __init__(self, size: int = FRAME_CACHE_SIZE, max_bytes: int = FRAME_CACHE_BYTES) -> None:
         self._size = size
+        self._max_bytes = max_bytes
+        self.bytes = 0
         # An OrderedDict, not a dict: ``del d[next(iter(d))]`` on a plain dict
         # walks over the slots its earlier deletions left at the front, so once
         # full each eviction cost about 10 us and a 100,000-event catch-up spent
@@ -154,10 +164,14 @@ class FrameCache:
         frame = self._frames.get(event.position)
         if frame is None:
             frame = encode_event(event)
+            size = len(frame)
+            if size > self._max_bytes:
+                return frame
             frames = self._frames
-            if len(frames) >= self._size:
-                frames.popitem(last=False)  # the oldest inserted
+            while frames and (len(frames) >= self._size or self.bytes + size > self._max_bytes):
+                self.bytes -= len(frames.popitem(last=False)[1])  # the oldest inserted
             frames[event.position] = frame
+            self.bytes += size
         return frame
 
 
@@ -179,12 +193,17 @@ class StreamRegistry:
     """The open streams of one app, and the ticker that looks after them."""
 
     def __init__(
-        self, *, heartbeat_interval: float, write_timeout: float, coalesce: float = 0.0
+        self,
+        *,
+        heartbeat_interval: float,
+        write_timeout: float,
+        coalesce: float = 0.0,
+        frame_cache_bytes: int = FRAME_CACHE_BYTES,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.write_timeout = write_timeout
         self.coalesce = coalesce
-        self.frames = FrameCache()
+        self.frames = FrameCache(max_bytes=frame_cache_bytes)
         # Streams holding events back to write them together (see _Stream._on_ready),
         # flushed by one timer for all of them.
         self._due: dict[_Stream, None] = {}
@@ -334,12 +353,14 @@ class _Stream:
         return True
 
     def _take(self) -> bytes | None:
-        """Everything buffered (up to ``MAX_BATCH`` frames) as one chunk."""
-        events = self.feed.take_ready(MAX_BATCH)
+        """Everything buffered (up to ``MAX_BATCH`` frames, ``WRITE_BYTES`` of
+        payload) as one chunk."""
+        feed = self.feed
+        events = feed.take_ready(MAX_BATCH, WRITE_BYTES)
         if not events:
             return None
-        if len(events) == MAX_BATCH:
-            self.feed.wake()  # the rest, if any, goes in the next write
+        if feed.has_ready:
+            feed.wake()  # the rest goes in the next write
         frame = self._frames.frame
         if len(events) == 1:
             return frame(events[0])
@@ -526,13 +547,21 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
 
 
 def registry_of(
-    state: object, *, heartbeat_interval: float, write_timeout: float, coalesce: float = 0.0
+    state: object,
+    *,
+    heartbeat_interval: float,
+    write_timeout: float,
+    coalesce: float = 0.0,
+    frame_cache_bytes: int = FRAME_CACHE_BYTES,
 ) -> StreamRegistry:
     """The app's registry, made on first use (the app's state lives as long as it)."""
     registry: StreamRegistry | None = getattr(state, "sse_streams", None)
     if registry is None:
         registry = StreamRegistry(
-            heartbeat_interval=heartbeat_interval, write_timeout=write_timeout, coalesce=coalesce
+            heartbeat_interval=heartbeat_interval,
+            write_timeout=write_timeout,
+            coalesce=coalesce,
+            frame_cache_bytes=frame_cache_bytes,
         )
         state.sse_streams = registry  # type: ignore[attr-defined]
     return registry

@@ -1,9 +1,10 @@
 """WebSocket plumbing shared by ``/v1/ws`` and the channels: framing, limits, backpressure.
 
-- Every frame to the client goes through one bounded queue drained by one writer
-  task, so frames keep their order and a slow socket blocks nobody but its own
-  producers: the pump that feeds events stops taking them, and the library's
-  feed, no longer read, catches up from the log later instead of buffering.
+- Every frame to the client goes through one queue, bounded in frames and in
+  bytes, drained by one writer task, so frames keep their order and a slow
+  socket blocks nobody but its own producers: the pump that feeds events stops
+  taking them, and the library's feed, no longer read, catches up from the log
+  later instead of buffering.
 - A frame over ``max_frame`` bytes gets an error frame and is dropped (the
   protocol layer still closes with 1009 for anything over uvicorn's ws_max_size).
 - A client that sends more frames than its token bucket allows is closed alone
@@ -17,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,24 +44,28 @@ CLOSE_INTERNAL = 1011
 class Limits:
     max_frame: int = 1024 * 1024
     send_queue: int = 256
+    send_queue_bytes: int = 4 * 1024 * 1024
     frame_rate: float = 1000.0
     frame_burst: int = 5000
 
 
-# Frames of large payloads are not kept, so a cache holds at most
-# FRAME_CACHE_SIZE * CACHED_PAYLOAD_LIMIT bytes.
+# Frames of large payloads are not kept: they would push out many small ones.
 FRAME_CACHE_SIZE = 1024
+FRAME_CACHE_BYTES = 32 * 1024 * 1024
 CACHED_PAYLOAD_LIMIT = 64 * 1024
 
 
 class FrameCache:
     """The recent event frames of one app (one database), by log position: each
     event is encoded once however many sockets get it, the stored payload JSON
-    spliced in."""
+    spliced in. Bounded in frames and in characters (``max_bytes``)."""
 
-    def __init__(self, size: int = FRAME_CACHE_SIZE) -> None:
+    def __init__(self, size: int = FRAME_CACHE_SIZE, max_bytes: int = FRAME_CACHE_BYTES) -> None:
         self._size = size
-        self._frames: dict[int, str] = {}
+        self._max_bytes = max_bytes
+        self.bytes = 0
+        # OrderedDict: evicting the oldest is O(1) (see api/sse.py FrameCache).
+        self._frames: OrderedDict[int, str] = OrderedDict()
 
     def frame(self, item: Event | Gap) -> str:
         if isinstance(item, Gap):
@@ -67,17 +73,22 @@ class FrameCache:
         frame = self._frames.get(item.position)
         if frame is None:
             frame = event_frame(item)
-            if len(item.payload_json) <= CACHED_PAYLOAD_LIMIT:
-                if len(self._frames) >= self._size:
-                    del self._frames[next(iter(self._frames))]  # the oldest inserted
-                self._frames[item.position] = frame
+            size = len(frame)
+            if len(item.payload_json) <= CACHED_PAYLOAD_LIMIT and size <= self._max_bytes:
+                frames = self._frames
+                while frames and (len(frames) >= self._size or self.bytes + size > self._max_bytes):
+                    self.bytes -= len(frames.popitem(last=False)[1])  # the oldest inserted
+                frames[item.position] = frame
+                self.bytes += size
         return frame
 
 
 def frames_of(state: Any) -> FrameCache:
     cache: FrameCache | None = getattr(state, "ws_frames", None)
     if cache is None:
-        cache = state.ws_frames = FrameCache()
+        settings = getattr(state, "settings", None)
+        max_bytes = getattr(settings, "frame_cache_bytes", FRAME_CACHE_BYTES)
+        cache = state.ws_frames = FrameCache(max_bytes=max_bytes)
     return cache
 
 
@@ -118,13 +129,18 @@ class Closed(Exception):
 
 
 class Connection:
-    """One accepted WebSocket with an ordered, bounded outbox."""
+    """One accepted WebSocket with an ordered outbox, bounded in frames and bytes."""
 
     def __init__(self, websocket: WebSocket, limits: Limits) -> None:
         self.ws = websocket
         self.limits = limits
         self.frames_cache = frames_of(websocket.app.state)
-        self._outbox: asyncio.Queue[str] = asyncio.Queue(limits.send_queue)
+        # Unbounded as a queue: ``_has_room`` bounds it, in frames and in bytes.
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        # Characters of the frames queued or being written; a frame counts until
+        # its write has finished, since until then the socket holds it.
+        self.queued_bytes = 0
+        self._room = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self.close_code: int | None = None
@@ -142,32 +158,43 @@ class Connection:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    def _has_room(self, size: int) -> bool:
+        # An empty outbox takes any one frame, however large (max_frame bounds it).
+        return self.queued_bytes == 0 or (
+            self._outbox.qsize() < self.limits.send_queue
+            and self.queued_bytes + size <= self.limits.send_queue_bytes
+        )
+
+    def _put(self, frame: str) -> None:
+        self.queued_bytes += len(frame)
+        self._outbox.put_nowait(frame)
+
     async def send(self, frame: str) -> None:
         """Queue a frame; waits while the outbox is full (that is the backpressure)."""
         if self.closed:
             raise Closed
-        if not self._outbox.full():
-            self._outbox.put_nowait(frame)  # the usual case: no task, no waiting
+        size = len(frame)
+        if self._has_room(size):
+            self._put(frame)  # the usual case: no task, no waiting
             return
-        put = asyncio.ensure_future(self._outbox.put(frame))
         closing = asyncio.ensure_future(self._closed.wait())
         try:
-            await asyncio.wait({put, closing}, return_when=asyncio.FIRST_COMPLETED)
+            while not self._has_room(size):
+                self._room.clear()
+                room = asyncio.ensure_future(self._room.wait())
+                await asyncio.wait({room, closing}, return_when=asyncio.FIRST_COMPLETED)
+                room.cancel()
+                if self.closed:
+                    raise Closed
         finally:
             closing.cancel()
-            if not put.done():
-                put.cancel()
-        if not put.done() or put.cancelled():
-            raise Closed
+        self._put(frame)
 
     def send_nowait(self, frame: str) -> bool:
         """Queue a frame if there is room; used where waiting is not allowed."""
-        if self.closed:
+        if self.closed or not self._has_room(len(frame)):
             return False
-        try:
-            self._outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            return False
+        self._put(frame)
         return True
 
     async def _write(self) -> None:
@@ -175,6 +202,8 @@ class Connection:
             while True:
                 frame = await self._outbox.get()
                 await self.ws.send_text(frame)
+                self.queued_bytes -= len(frame)
+                self._room.set()
                 self._outbox.task_done()
         except asyncio.CancelledError:
             raise

@@ -9,9 +9,14 @@ commit) is fanned out with no database read; anything that does not follow on
 inside a caller's own transaction) makes it read the log from the last position
 it delivered. Either way each feed sees events in position order, once.
 
-Each ``Feed`` has a bounded buffer. A feed whose reader falls behind is not fed
-live any more: its buffer is dropped and it catches up from the log by itself,
-so a slow reader costs memory up to its bound and never blocks a publisher.
+Each ``Feed`` has a buffer bounded in events and in bytes (the length of the
+payload JSON, which is nearly all of an event's size). A feed whose reader
+falls behind is not fed live any more: its buffer is dropped and it catches up
+from the log by itself, a page at a time, each page held to the same byte
+budget, so a slow reader costs memory up to its bound and never blocks a
+publisher. The bytes are counted per run of a batch (summed once by the
+dispatcher, not once per feed) and subtracted when a reader takes events; a
+reader that takes everything ready, the usual case, just resets the count.
 
 A delivered batch is announced to each feed once, after all its events are
 buffered, not once per event. A reader parked in ``next()`` is woken, unless it
@@ -38,6 +43,19 @@ from .waiting import wait_event
 log = logging.getLogger(__name__)
 
 CATCH_UP_PAGE = 1000
+# The first page of a catch-up, before the size of the events is known: small, so
+# that a log of large events costs little before the pages are sized to them.
+FIRST_PAGE = 16
+STREAM_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _page_for(event_size: int, budget: int) -> int:
+    """Events of about ``event_size`` that one page of ``budget`` bytes holds."""
+    return max(1, min(CATCH_UP_PAGE, budget // max(event_size, 1)))
+
+
+def _payload_bytes(events: Iterable[Event]) -> int:
+    return sum([len(event.payload_json) for event in events])
 
 
 class LogReader(Protocol):
@@ -62,6 +80,7 @@ class Feed:
         topic_names: Iterable[str],
         *,
         max_buffer: int = 1000,
+        max_buffer_bytes: int = STREAM_BUFFER_BYTES,
         connection_id: str | None = None,
     ) -> None:
         self.subscriber_id = subscriber_id
@@ -69,7 +88,12 @@ class Feed:
         self.topics: set[str] = set(topic_names)
         self._reader = reader
         self._max_buffer = max_buffer
+        self._max_bytes = max_buffer_bytes
         self._live: deque[Event] = deque()
+        # Payload bytes in ``_live``; may run high after duplicates are skipped,
+        # never low, and is reset whenever ``_live`` empties.
+        self._live_bytes = 0
+        self._page = FIRST_PAGE
         self._replayed: deque[Event] = deque()
         self._wake = asyncio.Event()
         self._waiting = False
@@ -138,18 +162,23 @@ class Feed:
         Returns whether it was buffered."""
         if not self._wanted(event):
             return False
-        if len(self._live) >= self._max_buffer:
-            # Too far behind to keep feeding live: catch up from the log instead.
-            self.overflows += 1
-            self.request_catch_up()
+        live = self._live
+        size = len(event.payload_json)
+        # One event over the whole budget still goes live when nothing waits.
+        if len(live) >= self._max_buffer or (live and self._live_bytes + size > self._max_bytes):
+            self._overflow(size)
             return False
-        self._live.append(event)
+        live.append(event)
+        self._live_bytes += size
         return True
 
-    def offer_run(self, events: list[Event], excluded: Collection[str]) -> bool:
+    def offer_run(
+        self, events: list[Event], excluded: Collection[str], size: int | None = None
+    ) -> bool:
         """``offer`` for a run of one topic's events in position order, where
-        ``excluded`` holds the subscribers any of them excludes: one check and
-        one ``extend`` in the common case, instead of one call per event."""
+        ``excluded`` holds the subscribers any of them excludes and ``size`` is
+        their payload bytes (the dispatcher sums them once for every feed): one
+        check and one ``extend`` in the common case, instead of one call per event."""
         if self._topic_after or self.subscriber_id in excluded:
             offered = False
             for event in events:
@@ -158,12 +187,24 @@ class Feed:
         if events[0].topic not in self.topics:
             return False
         live = self._live
-        if len(live) + len(events) > self._max_buffer:
-            self.overflows += 1
-            self.request_catch_up()
+        if size is None:
+            size = _payload_bytes(events)
+        total = self._live_bytes + size
+        if len(live) + len(events) > self._max_buffer or (
+            total > self._max_bytes and (live or len(events) > 1)
+        ):
+            self._overflow(size // len(events))
             return False
         live.extend(events)
+        self._live_bytes = total
         return True
+
+    def _overflow(self, event_size: int) -> None:
+        # Too far behind to keep feeding live: catch up from the log instead, in
+        # pages sized for events like these.
+        self.overflows += 1
+        self._page = _page_for(event_size, self._max_bytes)
+        self.request_catch_up()
 
     def notify(self) -> None:
         """Events were buffered: hand them to ``on_ready`` or wake the reader."""
@@ -173,6 +214,7 @@ class Feed:
 
     def request_catch_up(self) -> None:
         self._live.clear()
+        self._live_bytes = 0
         self._catch_up_requests += 1
         self._wake.set()
 
@@ -226,26 +268,46 @@ class Feed:
         taken = self.take_ready(1)
         return taken[0] if taken else None
 
-    def take_ready(self, limit: int) -> list[Event]:
+    def take_ready(self, limit: int, max_bytes: int = 0) -> list[Event]:
         """Up to ``limit`` buffered events, in order: a replay page's first, then
-        live ones; none while the log must be read first (``next()`` does)."""
+        live ones; none while the log must be read first (``next()`` does).
+        With ``max_bytes``, no more payload than that, but always one event."""
         replayed = self._replayed
         if replayed:  # a replay page: these go first, and the rest on the next call
-            taken: list[Event] = [replayed.popleft() for _ in range(min(limit, len(replayed)))]
+            if max_bytes:
+                taken = _take_within(replayed, limit, max_bytes, 0)[0]
+            else:
+                taken = [replayed.popleft() for _ in range(min(limit, len(replayed)))]
             self.position = taken[-1].position
             return taken
         if self._catch_up_requests and self._started:
             return []  # the log must be read first (``next()`` does)
         live, through = self._live, self._through
-        taken = []
-        while live and len(taken) < limit:
-            event = live.popleft()
-            if event.position > through:
-                through = event.position
-                taken.append(event)
+        if max_bytes and self._live_bytes > max_bytes:
+            taken, popped = _take_within(live, limit, max_bytes, through)
+            self._live_bytes = self._live_bytes - popped if live else 0
+        else:
+            # Under the byte limit: the loop counts nothing per event.
+            taken = []
+            while live and len(taken) < limit:
+                event = live.popleft()
+                if event.position > through:
+                    through = event.position
+                    taken.append(event)
+            self._live_bytes = self._live_bytes - _payload_bytes(taken) if live else 0
         if taken:
-            self._through = self.position = through
+            self._through = self.position = taken[-1].position
         return taken
+
+    @property
+    def has_ready(self) -> bool:
+        """Events are buffered (a transport that took a part of them writes on)."""
+        return bool(self._replayed or self._live)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes this feed holds (live, and of a replay page)."""
+        return self._live_bytes + _payload_bytes(self._replayed)
 
     @property
     def waiting(self) -> bool:
@@ -276,23 +338,66 @@ class Feed:
 
     async def _catch_up_page(self) -> None:
         requests, rewinds = self._catch_up_requests, self._rewinds
-        page = await self._reader(self._through, self.topics, self.subscriber_id, CATCH_UP_PAGE)
+        limit = self._page
+        page = await self._reader(self._through, self.topics, self.subscriber_id, limit)
         if rewinds != self._rewinds:
             return  # a topic came in meanwhile: read again from the rewound position
+        complete = len(page) < limit
         if page:
+            # Keep what fits the budget (events may be larger than the last
+            # page's): the rest is read again with the next page, sized for them.
+            size, kept = 0, len(page)
+            for index, event in enumerate(page):
+                size += len(event.payload_json)
+                if size > self._max_bytes and index:
+                    kept, complete = index, False
+                    break
+            self._page = _page_for(size // (index + 1), self._max_bytes)
+            if kept < len(page):
+                page = page[:kept]
             self._through = page[-1].position
             self._replayed.extend(event for event in page if self._wanted(event))
-        if len(page) < CATCH_UP_PAGE and requests == self._catch_up_requests:
+        if complete and requests == self._catch_up_requests:
             # Reached the head with no new overflow meanwhile: live from here on.
             self._catch_up_requests = 0
+
+
+def _take_within(
+    events: deque[Event], limit: int, max_bytes: int, through: int
+) -> tuple[list[Event], int]:
+    """Pop up to ``limit`` events after ``through`` off ``events``, within ``max_bytes``
+    of payload (at least one); returns them and the payload bytes popped."""
+    taken: list[Event] = []
+    size = popped = 0
+    while events and len(taken) < limit:
+        event_size = len(events[0].payload_json)
+        if taken and size + event_size > max_bytes:
+            break
+        event = events.popleft()
+        popped += event_size
+        if event.position > through:
+            through = event.position
+            taken.append(event)
+            size += event_size
+    return taken, popped
 
 
 class Dispatcher:
     """Routes committed events to the feeds of their topics, in position order."""
 
-    def __init__(self, reader: LogReader, head: Callable[[], Awaitable[int]]) -> None:
+    def __init__(
+        self,
+        reader: LogReader,
+        head: Callable[[], Awaitable[int]],
+        *,
+        page_bytes: int = STREAM_BUFFER_BYTES,
+    ) -> None:
         self._reader = reader
         self._head = head
+        # Its catch-up pages are held to ``page_bytes`` of payload, sized by the
+        # events of the last page (it routes them and lets them go).
+        self._page_bytes = page_bytes
+        self._page = FIRST_PAGE
         self._by_topic: dict[str, set[Feed]] = {}
         self._by_subscriber: dict[str, set[Feed]] = {}
         self.through = 0
@@ -420,11 +525,15 @@ class Dispatcher:
         several = len(by_topic) > 1
         mixed: dict[Feed, None] = {}
         for topic, group in by_topic.items():
+            feeds = self._by_topic.get(topic)
+            if not feeds:
+                continue
             excluded = {event.exclude_id for event in group if event.exclude_id is not None}
-            for feed in self._by_topic.get(topic, ()):
+            size = _payload_bytes(group)
+            for feed in feeds:
                 if several and len(feed.topics) > 1:
                     mixed[feed] = None
-                elif feed.offer_run(group, excluded):
+                elif feed.offer_run(group, excluded, size):
                     ready[feed] = None
         for feed in mixed:
             for event in run:
@@ -454,7 +563,10 @@ class Dispatcher:
             if not self._by_topic:
                 self.through = max(self.through, await self._head())
                 return
-            page = await self._reader(self.through, None, None, CATCH_UP_PAGE)
+            limit = self._page
+            page = await self._reader(self.through, None, None, limit)
+            if page:
+                self._page = _page_for(_payload_bytes(page) // len(page), self._page_bytes)
             self.deliver(page, from_log=True)
-            if len(page) < CATCH_UP_PAGE:
+            if len(page) < limit:
                 return

@@ -54,3 +54,8 @@ class StorageError(EventHubError):
 
 class DatabaseUnavailable(StorageError):
     """The database cannot be reached right now; retry later."""
+
+
+class Overloaded(DatabaseUnavailable):
+    """Too many publishes are waiting for the database (the writer's queue is
+    full); nothing was queued. Retry later."""

@@ -15,11 +15,11 @@ from typing import Any, Literal
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from .delivery import Dispatcher, Feed
+from .delivery import STREAM_BUFFER_BYTES, Dispatcher, Feed
 from .errors import DatabaseUnavailable, HubNotStarted, InvalidCursor, ValidationError
 from .grouped_writes import GroupedWrites
 from .idempotency import purge_expired, request_hash, validate_key
-from .log import GroupCommitWriter
+from .log import WRITE_QUEUE_BYTES, WRITE_QUEUE_EVENTS, GroupCommitWriter
 from .migrations import ensure_schema
 from .model import Event, Gap, HistoryPage, PendingEvent, TopicInfo, parse_cursor
 from .notify import Notifier, PollingNotifier
@@ -61,6 +61,9 @@ class EventHub:
     On PostgreSQL both modes wake on LISTEN/NOTIFY and poll only as a safety net
     (``poll_interval``, default 1 s); on SQLite stateless mode polls the head every
     50 ms. ``instance_ttl`` must exceed every instance's ``heartbeat_interval``.
+    A stream buffers at most ``stream_buffer`` events and ``stream_buffer_bytes``
+    of payload; publishes beyond ``write_queue_events`` or ``write_queue_bytes``
+    waiting for the database raise ``Overloaded``.
     """
 
     def __init__(
@@ -71,6 +74,9 @@ class EventHub:
         auto_migrate: bool | None = None,
         max_batch: int = 1000,
         stream_buffer: int = 1000,
+        stream_buffer_bytes: int = STREAM_BUFFER_BYTES,
+        write_queue_events: int = WRITE_QUEUE_EVENTS,
+        write_queue_bytes: int = WRITE_QUEUE_BYTES,
         poll_interval: float | None = None,
         heartbeat_interval: float = 5.0,
         instance_ttl: float = 30.0,
@@ -91,14 +97,22 @@ class EventHub:
         self._owns_engine = not isinstance(database_url, AsyncEngine)
         self._auto_migrate = self.database.is_sqlite if auto_migrate is None else auto_migrate
         self._stream_buffer = stream_buffer
+        self._stream_buffer_bytes = stream_buffer_bytes
         fast_poll = mode == "stateless" and self.database.is_sqlite
         self._poll_interval = poll_interval or (0.05 if fast_poll else 1.0)
         self._heartbeat_interval = heartbeat_interval
         self._instance_ttl = instance_ttl
         self.instance_id = instance_id or uuid.uuid4().hex
-        self._dispatcher = Dispatcher(self._read_after, self._head_position)
+        self._dispatcher = Dispatcher(
+            self._read_after, self._head_position, page_bytes=stream_buffer_bytes
+        )
         self._writer = GroupCommitWriter(
-            self.database, self._committed, max_batch=max_batch, idempotency_ttl=idempotency_ttl
+            self.database,
+            self._committed,
+            max_batch=max_batch,
+            idempotency_ttl=idempotency_ttl,
+            max_queue_events=write_queue_events,
+            max_queue_bytes=write_queue_bytes,
         )
         self._row_writes = GroupedWrites(self.database)
         self._idempotency_ttl = idempotency_ttl
@@ -521,6 +535,7 @@ class EventHub:
             subscriber,
             topics,
             max_buffer=buffer or self._stream_buffer,
+            max_buffer_bytes=self._stream_buffer_bytes,
             connection_id=uuid.uuid4().hex,
         )
         self._dispatcher.add(feed)  # before reading the head: nothing falls between

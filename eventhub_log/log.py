@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .errors import DatabaseUnavailable, EventHubError, HubNotStarted, StorageError
+from .errors import DatabaseUnavailable, EventHubError, HubNotStarted, Overloaded, StorageError
 from .idempotency import KeyedRequest, append_keyed
 from .model import Event, PendingEvent
 from .store import postgresql, queries, sqlite
@@ -28,6 +28,10 @@ from .store.database import Database, translate_errors
 log = logging.getLogger(__name__)
 
 CommitListener = Callable[[list[Event], int], None]
+
+# While the database stalls, publishers keep queueing: these bound what waits.
+WRITE_QUEUE_EVENTS = 10_000
+WRITE_QUEUE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Submission:
     key: str | None = None
     request_hash: str = ""
     replayed: bool = False
+    size: int = 0  # payload bytes, counted while queued
 
 
 class GroupCommitWriter:
@@ -52,8 +57,14 @@ class GroupCommitWriter:
         *,
         max_batch: int = 1000,
         idempotency_ttl: float = 24 * 3600.0,
+        max_queue_events: int = WRITE_QUEUE_EVENTS,
+        max_queue_bytes: int = WRITE_QUEUE_BYTES,
     ) -> None:
         self._database = database
+        self._max_queue_events = max_queue_events
+        self._max_queue_bytes = max_queue_bytes
+        self._queued_events = 0
+        self._queued_bytes = 0
         self._idempotency_ttl = idempotency_ttl
         self._on_commit = on_commit
         self._max_batch = max_batch
@@ -83,8 +94,7 @@ class GroupCommitWriter:
         if self._task is None or self._closing:
             raise HubNotStarted("the hub is not running: use `async with hub:` around publishes")
         submission = Submission(events)
-        self._queue.append(submission)
-        self._wakeup.set()
+        self._enqueue(submission)
         # A cancelled caller cancels only its future: the submission stays queued
         # (or in the batch being committed) and the event still lands. No shield
         # needed, and none paid for: it cost two more callbacks per publish.
@@ -98,10 +108,27 @@ class GroupCommitWriter:
         if self._task is None or self._closing:
             raise HubNotStarted("the hub is not running: use `async with hub:` around publishes")
         submission = Submission(events, key=key, request_hash=request_hash)
-        self._queue.append(submission)
-        self._wakeup.set()
+        self._enqueue(submission)
         stored = await asyncio.shield(submission.future)
         return stored, submission.replayed
+
+    def _enqueue(self, submission: Submission) -> None:
+        """Queue ``submission``, or refuse it before anything is queued when the
+        queue is full; an empty queue takes any one submission."""
+        count = len(submission.events)
+        size = submission.size = sum([len(event.payload_json) for event in submission.events])
+        if self._queued_events and (
+            self._queued_events + count > self._max_queue_events
+            or self._queued_bytes + size > self._max_queue_bytes
+        ):
+            raise Overloaded(
+                f"{self._queued_events} events ({self._queued_bytes} bytes) are waiting for "
+                "the database: nothing was queued; retry later"
+            )
+        self._queued_events += count
+        self._queued_bytes += size
+        self._queue.append(submission)
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
@@ -138,6 +165,8 @@ class GroupCommitWriter:
             submission = self._queue.popleft()
             batch.append(submission)
             size += len(submission.events)
+        self._queued_events -= size
+        self._queued_bytes -= sum([submission.size for submission in batch])
         return batch
 
     async def _commit_or_fail(self, submission: Submission) -> None:

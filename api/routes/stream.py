@@ -95,6 +95,7 @@ async def stream(
             heartbeat_interval=settings.heartbeat_interval,
             write_timeout=settings.stream_write_timeout,
             coalesce=settings.stream_coalesce,
+            frame_cache_bytes=settings.frame_cache_bytes,
         ),
         topics=topics,
         subscriber=subscriber,

@@ -60,6 +60,7 @@ def limits(settings: Settings) -> Limits:
     return Limits(
         max_frame=settings.ws_max_frame or settings.body_limit,
         send_queue=settings.ws_send_queue,
+        send_queue_bytes=settings.ws_send_queue_bytes,
         frame_rate=settings.ws_frame_rate,
         frame_burst=settings.ws_frame_burst,
     )
