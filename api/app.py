@@ -18,7 +18,7 @@ from .body_limit import BodyLimitMiddleware
 from .fast_publish import FastPublish
 from .limits import ConnectionLimiter
 from .metrics import Metrics, MetricsMiddleware
-from .routes import health, history, metrics, publish, stream, subscriptions, topics, ws
+from .routes import audit, health, history, metrics, publish, stream, subscriptions, topics, ws
 from .settings import Settings
 
 # Allocations (net of frees) between young-generation collections; CPython's
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth = auth_from_settings(settings)
     app.state.connections = ConnectionLimiter(settings.max_connections_per_client)
     errors.install(app)
-    for module in (publish, history, topics, subscriptions, stream, ws, metrics, health):
+    for module in (publish, history, audit, topics, subscriptions, stream, ws, metrics, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit)
     if settings.cors_origin_list:

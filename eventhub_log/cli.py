@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cli_audit import AUDIT_COMMANDS, add_audit_commands
 from .cli_operator import OPERATOR_COMMANDS, add_operator_commands
 from .cli_token import add_token_command, run_token
 from .errors import EventHubError
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tail(commands)
     add_token_command(commands)
     add_operator_commands(commands, _database_option)
+    add_audit_commands(commands, _database_option)
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_token(args)
         if args.command in OPERATOR_COMMANDS:
             return asyncio.run(OPERATOR_COMMANDS[args.command](args))
+        if args.command in AUDIT_COMMANDS:
+            return asyncio.run(AUDIT_COMMANDS[args.command](args))
         if args.command == "migrate":
             revision = asyncio.run(_migrate(args.database_url))
             print(f"schema at revision {revision}")

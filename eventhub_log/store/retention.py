@@ -37,12 +37,16 @@ async def delete_through(
     conn: AsyncConnection, topic: str, after_seq: int, through_seq: int
 ) -> int:
     """Delete the topic's events with ``after_seq < seq <= through_seq``, leaving a
-    mark with the last one's position, and note the new bound on the topic."""
-    position = (
+    mark with the last one's position, and note the new bound and the last one's
+    hash on the topic."""
+    found = (
         await conn.execute(
-            select(events.c.position).where(events.c.topic == topic, events.c.seq == through_seq)
+            select(events.c.position, events.c.hash).where(
+                events.c.topic == topic, events.c.seq == through_seq
+            )
         )
-    ).scalar()
+    ).first()
+    position, last_hash = (None, None) if found is None else found
     if position is not None:
         await conn.execute(
             retention_marks.insert().values(topic=topic, seq=through_seq, position=position)
@@ -52,10 +56,16 @@ async def delete_through(
             events.c.topic == topic, events.c.seq > after_seq, events.c.seq <= through_seq
         )
     )
+    # The hash of the last deleted event anchors the kept events' chain, so the
+    # topic still verifies from its first kept event; same transaction, so the
+    # bound and its anchor never disagree.
+    bound: dict[str, object] = {"pruned_through_seq": through_seq}
+    if last_hash is not None:
+        bound["pruned_hash"] = last_hash
     await conn.execute(
         update(topics)
         .where(topics.c.topic == topic, topics.c.pruned_through_seq < through_seq)
-        .values(pruned_through_seq=through_seq)
+        .values(bound)
     )
     return int(deleted.rowcount or 0)
 
