@@ -19,6 +19,7 @@ from .fast_publish import FastPublish
 from .limits import ConnectionLimiter
 from .metrics import Metrics, MetricsMiddleware
 from .routes import audit, health, history, metrics, publish, stream, subscriptions, topics, ws
+from .routes import console as console_page
 from .settings import Settings
 
 # Allocations (net of frees) between young-generation collections; CPython's
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (publish, history, audit, topics, subscriptions, stream, ws, metrics, health):
         app.include_router(module.router)
+    app.include_router(console_page.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit)
     if settings.cors_origin_list:
         # Outside the routes, so that preflights are answered before any token
