@@ -15,8 +15,11 @@ falls behind is not fed live any more: its buffer is dropped and it catches up
 from the log by itself, a page at a time, each page held to the same byte
 budget, so a slow reader costs memory up to its bound and never blocks a
 publisher. The bytes are counted per run of a batch (summed once by the
-dispatcher, not once per feed) and subtracted when a reader takes events; a
-reader that takes everything ready, the usual case, just resets the count.
+dispatcher, not once per feed) and start again from zero when a run finds the
+buffer empty, which it is for a reader that keeps up; nothing is counted per event
+taken (subtracting each taken event's size, a helper call per take, cost the
+write loops of ``bench/sse_machinery.py --in-process`` about half again), so a
+reader always a few events behind overflows a little early, never late.
 
 A delivered batch is announced to each feed once, after all its events are
 buffered, not once per event. A reader parked in ``next()`` is woken, unless it
@@ -90,8 +93,9 @@ class Feed:
         self._max_buffer = max_buffer
         self._max_bytes = max_buffer_bytes
         self._live: deque[Event] = deque()
-        # Payload bytes in ``_live``; may run high after duplicates are skipped,
-        # never low, and is reset whenever ``_live`` empties.
+        # Payload bytes offered to ``_live`` since an offer found it empty: at
+        # least what it holds (events taken stay counted, as skipped duplicates
+        # do, until then); meaningless while it is empty.
         self._live_bytes = 0
         self._page = FIRST_PAGE
         self._replayed: deque[Event] = deque()
@@ -164,12 +168,14 @@ class Feed:
             return False
         live = self._live
         size = len(event.payload_json)
-        # One event over the whole budget still goes live when nothing waits.
-        if len(live) >= self._max_buffer or (live and self._live_bytes + size > self._max_bytes):
+        if not live:
+            self._live_bytes = size  # one event over the whole budget still goes live
+        elif len(live) >= self._max_buffer or self._live_bytes + size > self._max_bytes:
             self._overflow(size)
             return False
+        else:
+            self._live_bytes += size
         live.append(event)
-        self._live_bytes += size
         return True
 
     def offer_run(
@@ -189,7 +195,7 @@ class Feed:
         live = self._live
         if size is None:
             size = _payload_bytes(events)
-        total = self._live_bytes + size
+        total = self._live_bytes + size if live else size
         if len(live) + len(events) > self._max_buffer or (
             total > self._max_bytes and (live or len(events) > 1)
         ):
@@ -283,20 +289,23 @@ class Feed:
         if self._catch_up_requests and self._started:
             return []  # the log must be read first (``next()`` does)
         live, through = self._live, self._through
-        if max_bytes and self._live_bytes > max_bytes:
+        if max_bytes and live and self._live_bytes > max_bytes:
             taken, popped = _take_within(live, limit, max_bytes, through)
-            self._live_bytes = self._live_bytes - popped if live else 0
-        else:
-            # Under the byte limit: the loop counts nothing per event.
-            taken = []
-            while live and len(taken) < limit:
-                event = live.popleft()
-                if event.position > through:
-                    through = event.position
-                    taken.append(event)
-            self._live_bytes = self._live_bytes - _payload_bytes(taken) if live else 0
+            self._live_bytes -= popped
+            if taken:
+                self._through = self.position = taken[-1].position
+            return taken
+        # The loop counts nothing per event: what it takes stays counted until the
+        # buffer is empty at the next offer (a reader keeping up empties it with
+        # every take).
+        taken = []
+        while live and len(taken) < limit:
+            event = live.popleft()
+            if event.position > through:
+                through = event.position
+                taken.append(event)
         if taken:
-            self._through = self.position = taken[-1].position
+            self._through = self.position = through
         return taken
 
     @property
@@ -307,7 +316,7 @@ class Feed:
     @property
     def buffered_bytes(self) -> int:
         """Payload bytes this feed holds (live, and of a replay page)."""
-        return self._live_bytes + _payload_bytes(self._replayed)
+        return (self._live_bytes if self._live else 0) + _payload_bytes(self._replayed)
 
     @property
     def waiting(self) -> bool:

@@ -9,12 +9,11 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
@@ -83,7 +82,9 @@ def test_ws_frame_cache_is_bounded_in_bytes() -> None:
     assert 40 in cache._frames
 
 
-async def _no_log(*_: Any) -> list[Event]:
+async def _no_log(
+    after_position: int, topic_names: Collection[str] | None, subscriber_id: str | None, limit: int
+) -> list[Event]:
     return []
 
 
@@ -109,13 +110,16 @@ async def test_feed_takes_within_a_byte_limit_and_accounts_exactly() -> None:
     assert [e.position for e in taken] == [1, 2, 3]
     assert feed.buffered_bytes == 8000
     assert [e.position for e in feed.take_ready(2)] == [4, 5]
-    assert feed.buffered_bytes == 6000
+    # Taken without a byte limit: still counted (never less than what is held)
+    # until an offer finds the buffer empty.
+    assert feed.buffered_bytes == 8000
     assert feed.has_ready
     assert [e.position for e in feed.take_ready(100)] == [6, 7, 8, 9, 10, 11]
     assert feed.buffered_bytes == 0
     assert not feed.has_ready
     # One event larger than the limit still goes, alone.
     assert feed.offer(event(12, 5000))
+    assert feed.buffered_bytes == 5000
     assert [e.position for e in feed.take_ready(100, 100)] == [12]
 
 
@@ -123,13 +127,18 @@ async def test_catch_up_pages_stay_within_the_byte_budget() -> None:
     log = [event(n, 10_000) for n in range(1, 201)]
     limits: list[int] = []
 
-    async def reader(after: int, topics: Any, subscriber: Any, limit: int) -> list[Event]:
+    async def reader(
+        after_position: int,
+        topic_names: Collection[str] | None,
+        subscriber_id: str | None,
+        limit: int,
+    ) -> list[Event]:
         limits.append(limit)
-        return [e for e in log if e.position > after][:limit]
+        return [e for e in log if e.position > after_position][:limit]
 
     feed = Feed(reader, "s", ["t"], max_buffer=1000, max_buffer_bytes=50_000)
     feed.start(0, replay=True)
-    seen = []
+    seen: list[int] = []
     while len(seen) < len(log):
         got = await asyncio.wait_for(feed.next(), 5)
         assert got is not None
@@ -144,12 +153,17 @@ async def test_catch_up_pages_stay_within_the_byte_budget() -> None:
 async def test_catch_up_page_is_cut_at_the_budget_when_events_grow() -> None:
     log = [event(n, 100) for n in range(1, 51)] + [event(n, 20_000) for n in range(51, 101)]
 
-    async def reader(after: int, topics: Any, subscriber: Any, limit: int) -> list[Event]:
-        return [e for e in log if e.position > after][:limit]
+    async def reader(
+        after_position: int,
+        topic_names: Collection[str] | None,
+        subscriber_id: str | None,
+        limit: int,
+    ) -> list[Event]:
+        return [e for e in log if e.position > after_position][:limit]
 
     feed = Feed(reader, "s", ["t"], max_buffer=1000, max_buffer_bytes=50_000)
     feed.start(0, replay=True)
-    seen = []
+    seen: list[int] = []
     while len(seen) < len(log):
         got = await asyncio.wait_for(feed.next(), 5)
         assert got is not None
@@ -209,7 +223,7 @@ async def test_feed_over_its_byte_budget_catches_up_with_nothing_lost(database_u
         await asyncio.sleep(0.1)  # the fan-out runs on the loop's next turn
         assert feed.overflows > 0
         assert feed.buffered_bytes <= budget
-        seen = []
+        seen: list[int] = []
         while len(seen) < 60:
             got = await asyncio.wait_for(feed.next(), 10)
             assert got is not None
@@ -366,7 +380,7 @@ async def _stalled_reader(server: Server) -> None:
                 f"server RSS grew by {grown / MiB:.0f} MiB (allowed {allowed / MiB:.0f} MiB) "
                 f"while {EVENTS * EVENT_BYTES / MiB:.0f} MiB went to a reader that did not read"
             )
-            seen = []
+            seen: list[int] = []
             started = time.monotonic()
             while len(seen) < EVENTS:
                 message = await asyncio.wait_for(anext(events), 30)
