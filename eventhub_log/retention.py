@@ -18,6 +18,10 @@ that are gone are the topic's seqs from just after the last mark at or before P
 through ``pruned_through_seq``. So ``gaps`` reports them exactly when P falls on
 a chunk boundary and otherwise starts the range at most ``CHUNK - 1`` seqs early,
 never late: the reader is never told less than it missed.
+
+Each chunk also writes the hash of its last deleted event to
+``topics.pruned_hash``, in the same transaction as the bound: the kept events'
+hash chain continues from it, so a pruned topic still verifies (audit.py).
 """
 
 from __future__ import annotations
