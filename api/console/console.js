@@ -124,7 +124,7 @@
     $("token-panel").hidden = false;
     $("token-reason").textContent = state.token
       ? "The hub refused the token: " + reason
-      : "This hub needs a token: " + reason;
+      : "This hub needs a token to show its data.";
     $("token-toggle").hidden = true;
     if (document.activeElement !== $("token")) $("token").focus();
   }
@@ -136,6 +136,8 @@
     $("token").value = "";
     $("token-panel").hidden = true;
     $("token-toggle").hidden = !state.token;
+    // The focused field has just been hidden: keep keyboard users in the page.
+    $("topics-heading").focus();
     clearError();
     loadTopics();
     if (state.topic) openTopic(state.topic, { keepFilters: true });
