@@ -5,6 +5,7 @@ One command, markdown tables on stdout:
     .venv/bin/python bench/http_bench.py            # the full run, a few minutes
     .venv/bin/python bench/http_bench.py --quick    # a smoke run, under a minute
     .venv/bin/python bench/http_bench.py --update-docs   # also rewrite docs/benchmarks.md
+    .venv/bin/python bench/http_bench.py --auth-compare  # REST and fan-out, auth off and on
 
 Every server is its own uvicorn process, one worker, on a free 127.0.0.1 port:
 ``eventhub-log serve`` over a fresh SQLite file; ``http_ceiling.py`` (FastAPI
@@ -23,6 +24,13 @@ CPU seconds are reported beside each figure. Everything is bounded in time.
 3. Resume: 100,000 events published, then one stream with ``Last-Event-ID`` from
    before them; catch-up events/s.
 4. Memory per idle stream: the server's RSS before and after opening the streams.
+
+``--auth-compare`` runs only 1 and 2 against ``eventhub-log serve``, each with
+auth off and with auth on (``EVENTHUB_AUTH_SECRET`` set for the server, a token
+minted for the run on every request and stream), interleaved, and prints one
+table of the two side by side against the targets. Any answer other than 2xx,
+or a stream that did not open, ends the run with an error: a refused request is
+fast, and must not pass for a fast publish.
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## HTTP and SSE"
+AUTH_SECTION = "## Auth on and off"
+AUTH_TOPIC = "bench"
+MAX_STREAMS = 100_000  # the hub's per-client limit during a run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 PUBLISH_BODY = json.dumps(
@@ -103,13 +114,55 @@ def _raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
-class Server:
-    """A uvicorn server process (one worker) on a free loopback port."""
+@dataclass(frozen=True)
+class RunAuth:
+    """A secret for the server and tokens minted with it for one run."""
 
-    def __init__(self, name: str, kind: str, workdir: Path) -> None:
+    secret: str
+    publisher: str  # may publish on the benchmark topic
+    reader: str  # may subscribe to it (streams, ``GET /v1/topics``)
+
+    @classmethod
+    def mint(cls, topic: str, ttl: float = 4 * 3600) -> RunAuth:
+        from eventhub_log.tokens import mint_token
+
+        secret = os.urandom(32).hex()
+        return cls(
+            secret=secret,
+            publisher=mint_token("bench-publisher", {"publish": [topic]}, secret=secret, ttl=ttl),
+            reader=mint_token("bench-reader", {"subscribe": [topic]}, secret=secret, ttl=ttl),
+        )
+
+    @property
+    def publish_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.publisher}"}
+
+    @property
+    def read_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.reader}"}
+
+
+def publish_headers(auth: RunAuth | None) -> dict[str, str] | None:
+    return None if auth is None else auth.publish_headers
+
+
+def read_headers(auth: RunAuth | None) -> dict[str, str] | None:
+    return None if auth is None else auth.read_headers
+
+
+class Server:
+    """A uvicorn server process (one worker) on a free loopback port.
+
+    ``EVENTHUB_AUTH_*`` variables of the calling shell are not passed on: the
+    hub runs with auth on only when ``auth`` is given, with its secret. The
+    per-client connection limit is lifted: the readers stand for a thousand
+    clients but all come from one address (and, with auth on, one token)."""
+
+    def __init__(self, name: str, kind: str, workdir: Path, auth: RunAuth | None = None) -> None:
         self.name = name
         self.kind = kind
         self.workdir = workdir
+        self.auth = auth
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"{kind}-{self.port}.log"
@@ -147,11 +200,19 @@ class Server:
             "warning",
         ]
 
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTHUB_AUTH_")}
+        if self.auth is not None:
+            env["EVENTHUB_AUTH_SECRET"] = self.auth.secret
+        env["EVENTHUB_MAX_CONNECTIONS_PER_CLIENT"] = str(MAX_STREAMS)
+        return env
+
     def start(self) -> Server:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 self.argv(),
                 cwd=self.workdir,
+                env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_raise_fd_limit,
@@ -163,11 +224,45 @@ class Server:
             try:
                 status, _ = asyncio.run(request_once(self.port, "GET", "/healthz"))
                 if status == 200:
+                    if self.kind == "eventhub":
+                        self.check_auth()
                     return self
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not answer /healthz within 30 s")
+
+    def check_auth(self) -> None:
+        """That the hub has auth on exactly when it should: a publish without a token
+        (to a topic of its own) is refused with 401, or accepted with 201 on an open hub,
+        and with auth on the run's publisher token is accepted."""
+        path = "/v1/topics/auth-probe/events"
+        status, body = asyncio.run(request_once(self.port, "POST", path, PUBLISH_BODY))
+        expected = 401 if self.auth is not None else 201
+        if status != expected:
+            raise RuntimeError(
+                f"{self.name}: a publish without a token answered {status} "
+                f"(expected {expected}): {body[:300]!r}"
+            )
+        if self.auth is not None:
+            status, body = asyncio.run(
+                request_once(self.port, "POST", path, PUBLISH_BODY, {"Authorization": "Bearer x"})
+            )
+            if status != 401:
+                raise RuntimeError(f"{self.name}: a bad token answered {status}: {body[:300]!r}")
+            topic_path = f"/v1/topics/{AUTH_TOPIC}/events"
+            for token_path, headers, want in [
+                (path, self.auth.publish_headers, 403),  # the grant is for the topic only
+                (topic_path, self.auth.read_headers, 403),  # no publish right
+            ]:
+                status, body = asyncio.run(
+                    request_once(self.port, "POST", token_path, PUBLISH_BODY, headers)
+                )
+                if status != want:
+                    raise RuntimeError(
+                        f"{self.name}: POST {token_path} answered {status} (expected {want}): "
+                        f"{body[:300]!r}"
+                    )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -203,8 +298,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(name: str, kind: str, workdir: Path) -> Iterator[Server]:
-    server = Server(name, kind, workdir)
+def running(name: str, kind: str, workdir: Path, auth: RunAuth | None = None) -> Iterator[Server]:
+    server = Server(name, kind, workdir, auth)
     try:
         yield server.start()
     finally:
@@ -314,31 +409,44 @@ def rest_benchmark(
                 continue
             with running(name, kind, workdir) as server:
                 log(f"REST: {name} (round {round_number + 1} of {rounds})")
-                rest_load(server.port, path, PUBLISH_BODY, connections=16, seconds=1, tool=tool)
-                wait_for_quiet()
-                stored_before = stored_events(server.port, "bench") if kind == "eventhub" else 0
-                watch = CpuWatch(server)
-                result = rest_load(
-                    server.port,
-                    path,
-                    PUBLISH_BODY,
-                    connections=profile.rest_connections,
-                    seconds=profile.rest_seconds,
-                    tool=tool,
-                )
-                cpu = watch.stop()
-                row = RestRow(name, result, cpu["server"], cpu["others"] / cpu["wall"])
-                if kind == "eventhub":
-                    stored_after = stored_events(server.port, "bench") or 0
-                    row.stored = stored_after - (stored_before or 0)
-                if name not in best or result.rps > best[name].result.rps:
+                row = rest_round(server, name, path, profile, tool)
+                if name not in best or row.result.rps > best[name].result.rps:
                     best[name] = row
     rows = [best[name] for name, _, _ in targets if name in best]
     return rows
 
 
-def stored_events(port: int, topic: str) -> int | None:
-    status, body = asyncio.run(request_once(port, "GET", "/v1/topics"))
+def rest_round(
+    server: Server, name: str, path: str, profile: Profile, tool: str, auth: RunAuth | None = None
+) -> RestRow:
+    """One measured REST load against a running server, after a short warm-up."""
+    headers = publish_headers(auth)
+    rest_load(
+        server.port, path, PUBLISH_BODY, connections=16, seconds=1, tool=tool, headers=headers
+    )
+    wait_for_quiet()
+    hub = server.kind == "eventhub"
+    stored_before = stored_events(server.port, AUTH_TOPIC, read_headers(auth)) if hub else 0
+    watch = CpuWatch(server)
+    result = rest_load(
+        server.port,
+        path,
+        PUBLISH_BODY,
+        connections=profile.rest_connections,
+        seconds=profile.rest_seconds,
+        tool=tool,
+        headers=headers,
+    )
+    cpu = watch.stop()
+    row = RestRow(name, result, cpu["server"], cpu["others"] / cpu["wall"])
+    if hub:
+        stored_after = stored_events(server.port, AUTH_TOPIC, read_headers(auth)) or 0
+        row.stored = stored_after - (stored_before or 0)
+    return row
+
+
+def stored_events(port: int, topic: str, headers: dict[str, str] | None = None) -> int | None:
+    status, body = asyncio.run(request_once(port, "GET", "/v1/topics", None, headers))
     if status != 200:
         return None
     for info in json.loads(body).get("topics", []):
@@ -396,14 +504,21 @@ class FanOut:
 
 
 class Readers:
-    def __init__(self, port: int, path: str, streams: int, processes: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str,
+        streams: int,
+        processes: int,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.processes = []
         shares = [streams // processes + (i < streams % processes) for i in range(processes)]
         for share in shares:
             parent, child = context.Pipe()
-            process = context.Process(target=reader_main, args=(child, port, path, share))
+            process = context.Process(target=reader_main, args=(child, port, path, share, headers))
             process.start()
             self.pipes.append(parent)
             self.processes.append(process)
@@ -464,27 +579,39 @@ def drain(readers: Readers, phase: int, expected: int, limit: float) -> float:
     return time.time() - started
 
 
-async def warm_up_streams(port: int, path: str, count: int) -> None:
+async def warm_up_streams(
+    port: int, path: str, count: int, headers: dict[str, str] | None = None
+) -> None:
     from http_wire import open_stream
 
-    streams = [await open_stream(port, path, lambda frame, received: None) for _ in range(count)]
+    streams = [
+        await open_stream(port, path, lambda frame, received: None, headers) for _ in range(count)
+    ]
     for stream in streams:
         stream.close()
     await asyncio.sleep(0.5)
 
 
 def fan_out_benchmark(
-    name: str, kind: str, profile: Profile, workdir: Path, streams: int | None = None
+    name: str,
+    kind: str,
+    profile: Profile,
+    workdir: Path,
+    streams: int | None = None,
+    auth: RunAuth | None = None,
 ) -> FanOut:
+    """With ``auth``, the server has its secret, the streams are opened with the
+    reader's token and every publish carries the publisher's."""
     streams = streams or profile.streams
-    path = "/v1/stream?topic=bench"
-    publish_path = "/v1/topics/bench/events"
-    with running(name, kind, workdir) as server:
+    path = f"/v1/stream?topic={AUTH_TOPIC}"
+    publish_path = f"/v1/topics/{AUTH_TOPIC}/events"
+    headers = publish_headers(auth)
+    with running(name, kind, workdir, auth) as server:
         log(f"SSE fan-out: {name}, {streams} streams")
-        asyncio.run(warm_up_streams(server.port, path, 20))
+        asyncio.run(warm_up_streams(server.port, path, 20, read_headers(auth)))
         time.sleep(1)
         rss_before = server.rss_kib()
-        readers = Readers(server.port, path, streams, profile.reader_processes)
+        readers = Readers(server.port, path, streams, profile.reader_processes, read_headers(auth))
         try:
             ready = readers.wait_ready(180)
             time.sleep(2)
@@ -507,11 +634,18 @@ def fan_out_benchmark(
                             phase=number,
                             rate=profile.paced_rate,
                             seconds=seconds,
+                            headers=headers,
                         )
                     )
                 else:
                     published = asyncio.run(
-                        publish_flat_out(server.port, publish_path, phase=number, seconds=seconds)
+                        publish_flat_out(
+                            server.port,
+                            publish_path,
+                            phase=number,
+                            seconds=seconds,
+                            headers=headers,
+                        )
                     )
                 in_window = readers.counts().get(number, 0)
                 phase = Phase(label, published, ready["ready"], delivered_in_window=in_window)
@@ -841,7 +975,9 @@ def targets_table(rest: list[RestRow] | None, runs: list[FanOut], resume: Resume
     return "\n".join(lines)
 
 
-def machine_line(profile: Profile, started: float) -> str:
+def machine_line(
+    profile: Profile, started: float, command: str = ".venv/bin/python bench/http_bench.py"
+) -> str:
     load = os.getloadavg()
     wrk = "wrk" if shutil.which("wrk") else "no wrk"
     return (
@@ -849,19 +985,19 @@ def machine_line(profile: Profile, started: float) -> str:
         f"{os.cpu_count()} cores, Python {platform.python_version()}, {wrk}, "
         f"load average at the end {load[0]:.2f}. CPU columns are percent of one core; "
         '"other work" is CPU that processes outside the benchmark took meanwhile. '
-        "Reproduce: `.venv/bin/python bench/http_bench.py`."
+        f"Reproduce: `{command}`."
     )
 
 
-def update_docs(section: str) -> None:
+def update_docs(section: str, heading: str = SECTION) -> None:
     """Replace the generated part of the section; a ``### Notes`` subsection written
     by hand under it is kept."""
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         end = len(text) if end < 0 else end + 1
         notes = text.find("\n### Notes", start, end)
         keep = text[notes + 1 : end] if notes >= 0 else ""
@@ -869,6 +1005,191 @@ def update_docs(section: str) -> None:
         text = text.rstrip("\n") + "\n"
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text(text)
+
+
+# --- auth on and off -------------------------------------------------------------------------
+
+HUB = "eventhub-log serve, SQLite"
+REST_RATIO_TARGET = 0.90
+FANOUT_RATIO_TARGET = 0.95
+
+
+@dataclass
+class AuthCompare:
+    rest: dict[bool, list[RestRow]]  # every round, by auth on
+    fan_out: dict[bool, list[FanOut]]
+
+    def best_rest(self, on: bool) -> RestRow:
+        return max(self.rest[on], key=lambda row: row.result.rps)
+
+    def best_fan_out(self, on: bool) -> FanOut:
+        return max(self.fan_out[on], key=lambda run: run.phases[-1].window_rate)
+
+
+class BenchmarkFailed(RuntimeError):
+    """A run whose figures cannot be trusted: refused requests, streams that did not open."""
+
+
+def check_rest(row: RestRow, label: str) -> None:
+    result = row.result
+    if result.bad:
+        raise BenchmarkFailed(
+            f"{label}: {result.bad} of {result.requests:,} REST answers were not 2xx "
+            "(or the socket failed); the figure would not be a publish rate"
+        )
+    if not result.requests or row.stored is None or row.stored < result.requests:
+        raise BenchmarkFailed(
+            f"{label}: {result.requests:,} answers but {row.stored} events stored on the topic"
+        )
+
+
+def check_fan_out(run: FanOut, streams: int, label: str) -> None:
+    problems = []
+    if run.streams != streams or run.errors:
+        problems.append(f"{run.streams} of {streams} streams opened, errors {run.errors[:2]}")
+    for phase in run.phases:
+        refused = {k: v for k, v in phase.published.statuses.items() if not 200 <= k < 300}
+        if refused or phase.published.errors or not phase.published.accepted:
+            problems.append(
+                f"{phase.name}: {phase.published.accepted} publishes accepted, other answers "
+                f"{refused}, {phase.published.errors} connection errors"
+            )
+        if phase.delivered < phase.expected:
+            problems.append(f"{phase.name}: {phase.delivered:,} of {phase.expected:,} delivered")
+    if problems:
+        raise BenchmarkFailed(f"{label}: " + "; ".join(problems))
+
+
+def auth_compare(
+    profile: Profile, workdir: Path, tool: str, rounds: int, fan_out_rounds: int
+) -> AuthCompare:
+    """REST publish and SSE fan-out against the hub with auth off and on, interleaved
+    (off, on, then on, off, ...) so that other work on the machine weighs on both."""
+    auth = RunAuth.mint(AUTH_TOPIC)
+    path = f"/v1/topics/{AUTH_TOPIC}/events"
+    compare = AuthCompare(rest={False: [], True: []}, fan_out={False: [], True: []})
+
+    def order(round_number: int) -> list[bool]:
+        return [False, True] if round_number % 2 == 0 else [True, False]
+
+    for round_number in range(rounds):
+        for on in order(round_number):
+            label = f"REST, auth {'on' if on else 'off'}, round {round_number + 1} of {rounds}"
+            with running(HUB, "eventhub", workdir, auth if on else None) as server:
+                log(label)
+                row = rest_round(server, HUB, path, profile, tool, auth if on else None)
+            check_rest(row, label)
+            log(f"  {row.result.rps:,.0f} requests/s, {row.result.requests:,} answered 2xx")
+            compare.rest[on].append(row)
+    for round_number in range(fan_out_rounds):
+        for on in order(round_number):
+            label = (
+                f"SSE fan-out, auth {'on' if on else 'off'}, "
+                f"round {round_number + 1} of {fan_out_rounds}"
+            )
+            log(label)
+            run = fan_out_benchmark(HUB, "eventhub", profile, workdir, auth=auth if on else None)
+            check_fan_out(run, profile.streams, label)
+            log(f"  flat out: {run.phases[-1].window_rate:,.0f} deliveries/s")
+            compare.fan_out[on].append(run)
+    return compare
+
+
+def auth_table(compare: AuthCompare, profile: Profile, rounds: int, fan_out_rounds: int) -> str:
+    off_rest, on_rest = compare.best_rest(False), compare.best_rest(True)
+    off_fan, on_fan = compare.best_fan_out(False), compare.best_fan_out(True)
+    lines = [
+        "| figure | auth off | auth on | ratio (on / off) | target | met |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+
+    def add(
+        figure: str, off: float, on: float, digits: int = 0, target: float | None = None
+    ) -> None:
+        ratio = on / off if off else float("nan")
+        if target is None:
+            goal, met = "", ""
+        else:
+            goal = f">= {100 * target:.0f}% of auth off"
+            met = "yes" if ratio >= target else "NO"
+        lines.append(
+            f"| {figure} | {fmt(off, digits)} | {fmt(on, digits)} | {fmt(100 * ratio)}% "
+            f"| {goal} | {met} |"
+        )
+
+    def per_request(row: RestRow) -> float:
+        return 1e6 * row.server_cpu / max(1, row.result.requests)
+
+    add(
+        f"REST publish, requests/s ({profile.rest_connections} connections, best of {rounds})",
+        off_rest.result.rps,
+        on_rest.result.rps,
+        target=REST_RATIO_TARGET,
+    )
+    add("REST publish, server CPU us/request", per_request(off_rest), per_request(on_rest))
+    add("REST publish, p99 ms", off_rest.result.p99_ms, on_rest.result.p99_ms, 1)
+    flat_off, flat_on = off_fan.phases[-1], on_fan.phases[-1]
+    paced_off, paced_on = off_fan.phases[0], on_fan.phases[0]
+
+    def per_delivery(phase: Phase) -> float:
+        return 1e6 * phase.cpu["server"] / max(1, phase.delivered)
+
+    add(
+        f"SSE fan-out, {off_fan.streams:,} streams, flat out: delivered events/s "
+        f"while publishing (best of {fan_out_rounds})",
+        flat_off.window_rate,
+        flat_on.window_rate,
+        target=FANOUT_RATIO_TARGET,
+    )
+    add(
+        "SSE fan-out, flat out: server CPU us/delivery",
+        per_delivery(flat_off),
+        per_delivery(flat_on),
+        1,
+    )
+    add(
+        f"SSE fan-out, {paced_off.name}: delivered events/s",
+        paced_off.window_rate,
+        paced_on.window_rate,
+    )
+    add(f"SSE fan-out, {paced_off.name}: p99 ms", paced_off.p99_ms, paced_on.p99_ms, 1)
+    add(
+        "SSE streams opened per s",
+        off_fan.streams / off_fan.connect_seconds,
+        on_fan.streams / on_fan.connect_seconds,
+    )
+
+    def rates(values: list[float]) -> str:
+        return ", ".join(f"{value:,.0f}" for value in values)
+
+    def others(values: list[float]) -> str:
+        return ", ".join(f"{100 * value:.0f}%" for value in values)
+
+    notes = []
+    for on in (False, True):
+        rows, runs = compare.rest[on], compare.fan_out[on]
+        mode = "on" if on else "off"
+        notes.append(
+            f"auth {mode}: REST rounds {rates([r.result.rps for r in rows])} requests/s "
+            f"(other work {others([r.others_share for r in rows])} of a core), "
+            f"{sum(r.result.requests for r in rows):,} answers, all 2xx; fan-out rounds "
+            f"{rates([run.phases[-1].window_rate for run in runs])} deliveries/s flat out "
+            f"(other work "
+            f"{others([run.phases[-1].cpu['others'] / run.phases[-1].cpu['wall'] for run in runs])}"
+            f" of a core), every stream open and every event delivered"
+        )
+    header = (
+        f"`eventhub-log serve` on SQLite, auth off (no key) and on (`EVENTHUB_AUTH_SECRET`, "
+        f"HS256; every publish carries `Authorization: Bearer` with a token granting publish "
+        f"on the topic, every stream one granting subscribe). REST: {rounds} rounds of "
+        f"{profile.rest_seconds:g} s per mode with `{off_rest.result.tool}`; fan-out: "
+        f"{fan_out_rounds} runs per mode of {profile.streams:,} streams in "
+        f"{profile.reader_processes} reader processes, {profile.paced_seconds:g} s paced at "
+        f"{profile.paced_rate:g} events/s then {profile.flat_seconds:g} s flat out with 8 "
+        "publishers; modes interleaved (off, on, then on, off), a fresh server each time, "
+        "the best round of each mode kept:"
+    )
+    return "\n".join([header, "", *lines, "", *(f"- {note}." for note in notes)])
 
 
 def main() -> int:
@@ -884,6 +1205,16 @@ def main() -> int:
     )
     parser.add_argument("--load-tool", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
+        "--auth-compare",
+        action="store_true",
+        help=f"REST publish and SSE fan-out, auth off and on (--update-docs: {AUTH_SECTION!r})",
+    )
+    parser.add_argument(
+        "--fanout-rounds",
+        type=int,
+        help="--auth-compare: fan-out runs per mode, best kept (default 2, quick 1)",
+    )
+    parser.add_argument(
         "--servers",
         default="peer,eventhub",
         help="servers besides the ceiling, comma-separated among peer,eventhub",
@@ -893,6 +1224,8 @@ def main() -> int:
     profile = QUICK if args.quick else FULL
     if args.streams:
         profile.streams = args.streams
+    if args.auth_compare:
+        return main_auth_compare(args, profile)
     chosen = set(args.only or ["rest", "fanout", "resume"])
     servers = args.servers.split(",")
     if "eventhub" not in servers:
@@ -926,6 +1259,31 @@ def main() -> int:
     print(section)
     if args.update_docs:
         update_docs(section)
+    return 0
+
+
+def main_auth_compare(args: argparse.Namespace, profile: Profile) -> int:
+    fan_out_rounds = args.fanout_rounds or (1 if args.quick else 2)
+    command = ".venv/bin/python bench/http_bench.py --auth-compare" + (
+        " --quick" if args.quick else ""
+    )
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="eventhub-bench-") as tmp:
+        try:
+            compare = auth_compare(profile, Path(tmp), args.load_tool, args.rounds, fan_out_rounds)
+        except BenchmarkFailed as exc:
+            print(f"http_bench: the run is not valid: {exc}", file=sys.stderr)
+            return 1
+    section = "\n\n".join(
+        [
+            AUTH_SECTION,
+            machine_line(profile, started, command),
+            auth_table(compare, profile, args.rounds, fan_out_rounds),
+        ]
+    )
+    print(section)
+    if args.update_docs:
+        update_docs(section, AUTH_SECTION)
     return 0
 
 

@@ -8,6 +8,9 @@ so that a reader can tell the client was not the limit.
 
 ``publish_paced`` and ``publish_flat_out`` publish benchmark events whose payload
 carries the phase and send time that the SSE readers turn into latencies.
+
+Every function takes ``headers`` sent with each request (``Authorization:
+Bearer <token>`` against a hub with auth on; ``wrk`` gets them with ``-H``).
 """
 
 from __future__ import annotations
@@ -65,7 +68,13 @@ def _wrk_ms(text: str) -> float:
 
 
 def run_wrk(
-    port: int, path: str, body: bytes, connections: int, seconds: float, threads: int
+    port: int,
+    path: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    threads: int,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
@@ -80,6 +89,7 @@ def run_wrk(
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
             "--latency",
+            *(arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")),
             "-s",
             str(script),
             f"http://{HOST}:{port}{path}",
@@ -155,9 +165,15 @@ def _python_load_main(
 
 
 def run_python_load(
-    port: int, path: str, body: bytes, connections: int, seconds: float, processes: int
+    port: int,
+    path: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    processes: int,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    raw = build_request("POST", path, port, body)
+    raw = build_request("POST", path, port, body, headers)
     context = multiprocessing.get_context("spawn")
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]
     pipes, processes = [], []
@@ -190,10 +206,11 @@ def rest_load(
     connections: int,
     seconds: float,
     tool: str = "auto",
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     if tool == "wrk" or (tool == "auto" and shutil.which("wrk")):
-        return run_wrk(port, path, body, connections, seconds, threads=1)
-    return run_python_load(port, path, body, connections, seconds, processes=2)
+        return run_wrk(port, path, body, connections, seconds, threads=1, headers=headers)
+    return run_python_load(port, path, body, connections, seconds, processes=2, headers=headers)
 
 
 # --- publishers for the SSE runs ------------------------------------------------------
@@ -224,12 +241,19 @@ def event_body(phase: int, n: int) -> bytes:
 
 
 async def _publish_one(
-    conn: HttpConnection, port: int, path: str, phase: int, n: int, result: PublishResult
+    conn: HttpConnection,
+    port: int,
+    path: str,
+    phase: int,
+    n: int,
+    result: PublishResult,
+    headers: dict[str, str] | None,
 ) -> None:
     result.attempted += 1
     started = time.perf_counter()
+    raw = build_request("POST", path, port, event_body(phase, n), headers)
     try:
-        status, _ = await conn.request(build_request("POST", path, port, event_body(phase, n)))
+        status, _ = await conn.request(raw)
     except (OSError, ConnectionError):
         result.errors += 1
         return
@@ -240,7 +264,14 @@ async def _publish_one(
 
 
 async def publish_paced(
-    port: int, path: str, *, phase: int, rate: float, seconds: float, connections: int = 16
+    port: int,
+    path: str,
+    *,
+    phase: int,
+    rate: float,
+    seconds: float,
+    connections: int = 16,
+    headers: dict[str, str] | None = None,
 ) -> PublishResult:
     """Open-loop publishing at ``rate`` events/s: a slow response does not slow the schedule
     (up to ``connections`` requests in flight)."""
@@ -256,7 +287,7 @@ async def publish_paced(
 
     async def send(conn: HttpConnection, n: int) -> None:
         try:
-            await _publish_one(conn, port, path, phase, n, result)
+            await _publish_one(conn, port, path, phase, n, result, headers)
         finally:
             idle.put_nowait(conn)
 
@@ -278,7 +309,13 @@ async def publish_paced(
 
 
 async def publish_flat_out(
-    port: int, path: str, *, phase: int, seconds: float, connections: int = 8
+    port: int,
+    path: str,
+    *,
+    phase: int,
+    seconds: float,
+    connections: int = 8,
+    headers: dict[str, str] | None = None,
 ) -> PublishResult:
     """Closed-loop publishing: each connection sends its next event as soon as the last
     one is acknowledged, for ``seconds``."""
@@ -291,7 +328,7 @@ async def publish_flat_out(
 
     async def worker(conn: HttpConnection) -> None:
         while time.perf_counter() < deadline and not conn.closed:
-            await _publish_one(conn, port, path, phase, next(counter), result)
+            await _publish_one(conn, port, path, phase, next(counter), result, headers)
 
     await asyncio.gather(*(worker(c) for c in conns))
     result.seconds = time.perf_counter() - origin

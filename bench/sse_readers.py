@@ -12,6 +12,9 @@ counted. The server's work is the same either way (its writes land in the
 kernel's socket buffers), but the readers spend far less CPU, which matters when
 server and readers share two cores.
 
+Every stream is opened (and reopened) with the ``headers`` the process was
+given, e.g. ``Authorization: Bearer <token>`` against a hub with auth on.
+
 Commands on the pipe: ``"counts"`` (events seen so far, per phase) and
 ``"stop"`` (close everything and send the full statistics).
 """
@@ -35,8 +38,16 @@ LAZY_PERIOD = 0.05
 class Reader:
     """One logical subscriber: a stream, reopened from its last id if it ends."""
 
-    def __init__(self, owner: ReaderProcess, port: int, path: str, eager: bool) -> None:
+    def __init__(
+        self,
+        owner: ReaderProcess,
+        port: int,
+        path: str,
+        eager: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.owner = owner
+        self.headers = headers or {}
         self.eager = eager
         self.port = port
         self.path = path
@@ -56,7 +67,9 @@ class Reader:
         self.owner.record(int(found.group(1)), received, sent)
 
     async def open(self) -> None:
-        headers = {"Last-Event-ID": self.last_id.decode()} if self.last_id else None
+        headers = dict(self.headers)
+        if self.last_id:
+            headers["Last-Event-ID"] = self.last_id.decode()
         self.stream = await open_stream(self.port, self.path, self.on_frame, headers)
         if self.last_id is None:
             self.last_id = _frame_id(self.stream.ready.result())
@@ -82,8 +95,16 @@ def _frame_id(frame: bytes) -> bytes | None:
 
 
 class ReaderProcess:
-    def __init__(self, pipe: Connection, port: int, path: str, streams: int) -> None:
+    def __init__(
+        self,
+        pipe: Connection,
+        port: int,
+        path: str,
+        streams: int,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.pipe = pipe
+        self.headers = headers
         self.port = port
         self.path = path
         self.streams = streams
@@ -99,7 +120,7 @@ class ReaderProcess:
 
     async def run(self) -> None:
         readers = [
-            Reader(self, self.port, self.path, eager=i % EAGER_EVERY == 0)
+            Reader(self, self.port, self.path, eager=i % EAGER_EVERY == 0, headers=self.headers)
             for i in range(self.streams)
         ]
         gate = asyncio.Semaphore(32)
@@ -163,10 +184,12 @@ class ReaderProcess:
         }
 
 
-def reader_main(pipe: Connection, port: int, path: str, streams: int) -> None:
+def reader_main(
+    pipe: Connection, port: int, path: str, streams: int, headers: dict[str, str] | None = None
+) -> None:
     """Entry point of a reader process."""
     use_uvloop()
-    asyncio.run(ReaderProcess(pipe, port, path, streams).run())
+    asyncio.run(ReaderProcess(pipe, port, path, streams, headers).run())
 
 
 async def catch_up(port: int, path: str, last_event_id: str, expected: int) -> dict[str, Any]:
