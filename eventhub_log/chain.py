@@ -32,6 +32,30 @@ GENESIS = "0" * 64
 _string = json.encoder.encode_basestring
 
 
+def envelope(
+    topic: str,
+    published_at: str,
+    exclude: str | None,
+    publisher: str | None,
+    payload_canonical: str,
+) -> tuple[str, str]:
+    """The event's canonical text on either side of its seq: the seq is the one
+    member known only under the writer's lock, and on PostgreSQL the link is
+    made there (see revision 0006's ``eventhub_log_append``)."""
+    head = (
+        '{"exclude":'
+        + ("null" if exclude is None else _string(exclude))
+        + ',"payload":'
+        + payload_canonical
+        + ',"published_at":"'
+        + published_at
+        + '","publisher":'
+        + ("null" if publisher is None else _string(publisher))
+        + ',"seq":'
+    )
+    return head, ',"topic":' + _string(topic) + "}"
+
+
 def link(
     prev_hash: str,
     topic: str,
@@ -42,23 +66,8 @@ def link(
     payload_canonical: str,
 ) -> str:
     """The hash of one event after ``prev_hash``; ``published_at`` as history shows it."""
-    text = (
-        prev_hash
-        + '\n{"exclude":'
-        + ("null" if exclude is None else _string(exclude))
-        + ',"payload":'
-        + payload_canonical
-        + ',"published_at":"'
-        + published_at
-        + '","publisher":'
-        + ("null" if publisher is None else _string(publisher))
-        + ',"seq":'
-        + str(seq)
-        + ',"topic":'
-        + _string(topic)
-        + "}"
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    head, tail = envelope(topic, published_at, exclude, publisher, payload_canonical)
+    return hashlib.sha256(f"{prev_hash}\n{head}{seq}{tail}".encode()).hexdigest()
 
 
 def canonical_payload(payload_json: str) -> str:
