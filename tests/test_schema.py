@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import uuid
 from collections.abc import AsyncIterator
@@ -92,8 +93,10 @@ async def _event_columns(url: str) -> list[str]:
     return [column["name"] for column in columns]
 
 
-async def test_head_is_the_hash_chain_revision_and_the_tables_mirror_it(database_url: str) -> None:
-    assert head_revision() == "0006"
+async def test_head_is_the_subscription_owner_revision_and_the_tables_mirror_it(
+    database_url: str,
+) -> None:
+    assert head_revision() == "0007"
     async with EventHub(database_url, auto_migrate=True) as hub, hub.database.read() as conn:
         differences = await conn.run_sync(
             lambda sync: compare_metadata(
@@ -144,6 +147,41 @@ async def test_0005_upgrades_a_database_at_0004_holding_events(empty_database: s
         async with hub.database.read() as conn:
             rows = await conn.execute(text("SELECT seq, publisher FROM events ORDER BY seq"))
             assert [tuple(row) for row in rows] == [(1, None), (2, None), (3, "alice")]
+
+
+async def test_0007_upgrades_a_database_at_0006_holding_subscriptions(
+    empty_database: str,
+) -> None:
+    url = empty_database
+    await _upgrade_to(url, "0006")
+    database = open_database(url)
+    try:
+        async with database.write() as conn:
+            # A row made with no stream and one a stream held, as 0006 left them.
+            await conn.execute(
+                text(
+                    "INSERT INTO subscriptions (topic, subscriber_id, connection_id, "
+                    "instance_id, created_at) VALUES ('room:a', 'rest', NULL, NULL, :at), "
+                    "('room:a', 'streamed', 'c1', 'i1', :at)"
+                ),
+                {"at": datetime(2026, 1, 2, 3, 4, 5)},
+            )
+    finally:
+        await database.engine.dispose()
+
+    async with EventHub(url, auto_migrate=True, heartbeat_interval=0.05) as hub:
+        assert await _revision(url) == head_revision()
+        async with hub.database.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT subscriber_id, owner, expires_at FROM subscriptions "
+                    "ORDER BY subscriber_id"
+                )
+            )
+            assert [tuple(row) for row in rows] == [("rest", None, None), ("streamed", None, None)]
+        # No lifetime: several heartbeats later the stream-less row is still there.
+        await asyncio.sleep(0.3)
+        assert await hub.subscribers("room:a") == ["rest", "streamed"]
 
 
 async def test_new_sqlite_file_is_brought_to_head_by_itself(tmp_path: Path) -> None:

@@ -127,9 +127,16 @@ subscriptions = Table(
     # The server instance holding that stream, for the crash sweep.
     Column("instance_id", String(64), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # Who made a row with no stream: the token's ``sub`` (NULL: server code or an
+    # open hub), for the per-client cap; and when it goes unless a stream takes
+    # it over (NULL: never). A stream's rows have no lifetime: they go with it.
+    Column("owner", String(255), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
     PrimaryKeyConstraint("topic", "subscriber_id", name="pk_subscriptions"),
     Index("ix_subscriptions_subscriber", "subscriber_id"),
     Index("ix_subscriptions_instance", "instance_id"),
+    Index("ix_subscriptions_expires_at", "expires_at"),
+    Index("ix_subscriptions_owner", "owner"),
 )
 
 instances = Table(
