@@ -29,6 +29,7 @@ from .store import queries
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
 from .subscription_sync import SubscriptionSync
 from .validation import (
+    MAX_SUBSCRIBER_LENGTH,
     encode_for_log,
     validate_exclude,
     validate_publisher,
@@ -47,6 +48,9 @@ EXPORT_PAGE = MAX_HISTORY_LIMIT
 # Every live instance applies a subscription change within a poll interval;
 # ten minutes is far beyond that, even across a long database outage.
 _CHANGES_KEPT = timedelta(minutes=10)
+# Subscriptions past their lifetime removed per heartbeat: a short transaction
+# however many expire at once; the rest go in the next rounds.
+_EXPIRED_PER_ROUND = 1000
 # Where ``publish_in`` notes the last position on the caller's connection.
 _PUBLISHED_INFO = "eventhub_log_published"
 
@@ -217,30 +221,65 @@ class EventHub:
 
     # The seed API --------------------------------------------------------------
 
-    async def subscribe(self, topic: str, subscriber_id: str) -> None:
-        """Subscribe (idempotent). An open stream of this subscriber gets the topic too."""
+    async def subscribe(
+        self,
+        topic: str,
+        subscriber_id: str,
+        *,
+        owner: str | None = None,
+        ttl: float | None = None,
+        max_owned: int | None = None,
+    ) -> datetime | None:
+        """Subscribe (idempotent). An open stream of this subscriber gets the topic too.
+
+        With a stream of this subscriber open here the row is that stream's. With
+        none, the row notes ``owner`` (who made it: the token's ``sub``) and, with
+        ``ttl`` (seconds), expires then unless a stream takes it over; subscribing
+        again renews it. ``max_owned``: refuse (``OwnerLimitReached``, nothing
+        written) when ``owner`` already has that many rows no stream holds.
+        Returns when the row expires: ``None`` when it has no lifetime (no
+        ``ttl``, or a stream holds it).
+        """
         validate_topic(topic)
         validate_subscriber(subscriber_id)
+        owner = _validate_owner(owner)
+        lifetime = _validate_ttl(ttl)
+        if max_owned is not None and (isinstance(max_owned, bool) or max_owned < 0):
+            raise ValueError("max_owned must be a whole number, at least 0")
         self._require_running()
         # With a stream of this subscriber open here, the row is that stream's:
         # it goes when the stream closes, and with this instance if it dies
         # (a row owned by nobody would outlive a crash).
-        owner = min(self._dispatcher.feeds_of(subscriber_id), key=_connection_id, default=None)
+        feed = min(self._dispatcher.feeds_of(subscriber_id), key=_connection_id, default=None)
         async with self.database.write() as conn:
-            await queries.add_subscriptions(
+            now = _now()
+            if feed is None and owner is not None and max_owned is not None:
+                owned = await queries.owned_subscriptions(
+                    conn, self.database.dialect, owner, topic, subscriber_id
+                )
+                if owned >= max_owned:
+                    raise OwnerLimitReached(max_owned)
+            try:
+                expires_at = None if lifetime is None else now + lifetime
+            except OverflowError:
+                raise ValidationError(f"ttl {ttl} reaches beyond the year 9999") from None
+            stream_less = await queries.add_subscriptions(
                 conn,
                 self.database.dialect,
                 subscriber_id,
                 [topic],
-                _now(),
-                connection_id=None if owner is None else owner.connection_id,
-                instance_id=None if owner is None else self.instance_id,
+                now,
+                connection_id=None if feed is None else feed.connection_id,
+                instance_id=None if feed is None else self.instance_id,
+                owner=owner,
+                expires_at=expires_at,
             )
             position = await queries.record_subscription_change(
-                conn, self.database.dialect, subscriber_id, topic, added=True, now=_now()
+                conn, self.database.dialect, subscriber_id, topic, added=True, now=now
             )
         self._dispatcher.add_topic(subscriber_id, topic, position)
         self._subscriptions_changed()
+        return stream_less.get(topic)
 
     async def unsubscribe(self, topic: str, subscriber_id: str) -> bool:
         """Remove one subscription; ``False`` when there was none."""
@@ -639,10 +678,24 @@ class EventHub:
                         log.warning("this instance was swept as expired; restoring its rows")
                         await self._restore_rows(conn, now)
                     swept = await queries.sweep_expired(conn, now - ttl)
+                    expired = await queries.remove_expired_subscriptions(
+                        conn, now, _EXPIRED_PER_ROUND
+                    )
+                    if expired:
+                        # Like an unsubscribe: the instance holding a feed that
+                        # follows one of these topics drops it.
+                        await queries.record_subscription_changes(
+                            conn, self.database.dialect, expired, added=False, now=now
+                        )
                     await purge_expired(conn, now, self._idempotency_ttl)
                     await queries.prune_subscription_changes(conn, now - _CHANGES_KEPT)
                 if swept:
                     log.info("removed %d subscription rows of expired instances", swept)
+                if expired:
+                    log.info("removed %d subscriptions past their lifetime", len(expired))
+                    for subscriber_id, topic in expired:
+                        self._dispatcher.remove_topic(subscriber_id, topic)
+                    self._subscriptions_changed()
             except DatabaseUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:
@@ -692,6 +745,39 @@ def _pending(
     )
 
 
+class OwnerLimitReached(ValidationError):
+    """The owner already has ``limit`` subscriptions that no stream holds."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this owner already has {limit} subscriptions with no open stream")
+        self.limit = limit
+
+
+def _validate_owner(owner: object) -> str | None:
+    """The same rules as a subscriber id: it is the ``sub`` of a token."""
+    if owner is None:
+        return None
+    if (
+        not isinstance(owner, str)
+        or not owner
+        or len(owner) > MAX_SUBSCRIBER_LENGTH
+        or not owner.isprintable()
+    ):
+        raise ValidationError(f"owner must be None or 1 to 255 printable characters: {owner!r:.80}")
+    return owner
+
+
+def _validate_ttl(ttl: object) -> timedelta | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+        raise ValidationError(f"ttl must be a number of seconds above 0, not {ttl!r:.80}")
+    try:
+        return timedelta(seconds=ttl)
+    except OverflowError:
+        raise ValidationError(f"ttl {ttl} is too large") from None
+
+
 def _connection_id(feed: Feed) -> str:
     return feed.connection_id
 
@@ -710,4 +796,4 @@ async def _shielded(coro: Any) -> None:
         raise
 
 
-__all__ = ["EventHub", "Mode"]
+__all__ = ["EventHub", "Mode", "OwnerLimitReached"]

@@ -182,6 +182,9 @@ async def test_0007_upgrades_a_database_at_0006_holding_subscriptions(
         # No lifetime: several heartbeats later the stream-less row is still there.
         await asyncio.sleep(0.3)
         assert await hub.subscribers("room:a") == ["rest", "streamed"]
+        # And a renewal over REST gives it one.
+        expires_at = await hub.subscribe("room:a", "rest", owner="alice", ttl=60)
+        assert expires_at is not None
 
 
 async def test_new_sqlite_file_is_brought_to_head_by_itself(tmp_path: Path) -> None:

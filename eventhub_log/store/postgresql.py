@@ -35,6 +35,21 @@ async def signal_subscriptions(conn: AsyncConnection) -> None:
     await conn.execute(select(func.pg_notify(SUBSCRIPTIONS_CHANNEL, "")))
 
 
+# The first key of the advisory locks that serialise one owner's subscribes; the
+# second is a hash of the owner (two owners sharing one only wait for each other).
+_OWNER_LOCKS = 0x45484C53
+
+
+async def lock_owner(conn: AsyncConnection, owner: str) -> None:
+    """Until the transaction ends, hold the lock of ``owner``'s stream-less rows.
+
+    Two subscribes of one client on READ COMMITTED would otherwise both count
+    below the cap and both insert. Taken first in its transaction, before any
+    row, and by nothing else: it cannot join a lock cycle.
+    """
+    await conn.execute(select(func.pg_advisory_xact_lock(_OWNER_LOCKS, func.hashtext(owner))))
+
+
 def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) -> None:
     """READ COMMITTED and the row lock suffice; only broken connections need care."""
 
@@ -59,18 +74,27 @@ def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
 
 
 def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
+    """A stream's rows: taken over from whoever had them, with no lifetime."""
     stmt = pg_insert(subscriptions).values(rows)
     return stmt.on_conflict_do_update(
         index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
         set_={
             "connection_id": stmt.excluded.connection_id,
             "instance_id": stmt.excluded.instance_id,
+            "expires_at": None,
         },
     )
 
 
-def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
-    return pg_insert(subscriptions).values(rows).on_conflict_do_nothing()
+def subscription_refresh(rows: list[dict[str, Any]]) -> Insert:
+    """Rows with no stream: a row no stream holds gets the new owner and lifetime;
+    one a stream holds is left to it. Returns the rows written or refreshed."""
+    stmt = pg_insert(subscriptions).values(rows)
+    return stmt.on_conflict_do_update(
+        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
+        set_={"owner": stmt.excluded.owner, "expires_at": stmt.excluded.expires_at},
+        where=subscriptions.c.connection_id.is_(None),
+    ).returning(subscriptions.c.topic, subscriptions.c.expires_at)
 
 
 # The writer's append as one call of ``eventhub_log_append`` (created by

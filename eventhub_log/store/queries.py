@@ -8,7 +8,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..chain import GENESIS, canonical_payload, link
@@ -259,10 +259,20 @@ async def add_subscriptions(
     *,
     connection_id: str | None = None,
     instance_id: str | None = None,
-) -> None:
-    """Insert rows; a stream (``connection_id``) takes over rows that already exist."""
+    owner: str | None = None,
+    expires_at: datetime | None = None,
+) -> dict[str, datetime | None]:
+    """Insert rows, and return those left with no stream (topic: when it expires).
+
+    A stream (``connection_id``) takes over the rows that already exist, and the
+    subscriber's other rows no stream holds: they go with the stream now, so
+    they lose their lifetime (an open stream's topic must not expire under it).
+    With no stream the rows get ``owner`` and ``expires_at``, which a row no
+    stream holds takes on too (subscribing again renews it); a row a stream
+    holds is left to that stream and is not returned.
+    """
     if not topic_names:
-        return
+        return {}
     rows = [
         {
             "topic": topic,
@@ -270,13 +280,72 @@ async def add_subscriptions(
             "connection_id": connection_id,
             "instance_id": instance_id,
             "created_at": now,
+            "owner": owner,
+            "expires_at": None if connection_id is not None else expires_at,
         }
         for topic in sorted(topic_names)
     ]
     if connection_id is None:
-        await conn.execute(dialect.subscription_insert_missing(rows))
-    else:
-        await conn.execute(dialect.subscription_upsert(rows))
+        written = await conn.execute(dialect.subscription_refresh(rows))
+        return {topic: expiry for topic, expiry in written}
+    await conn.execute(dialect.subscription_upsert(rows))
+    await conn.execute(
+        update(subscriptions)
+        .where(
+            subscriptions.c.subscriber_id == subscriber_id,
+            subscriptions.c.connection_id.is_(None),
+        )
+        .values(connection_id=connection_id, instance_id=instance_id, expires_at=None)
+    )
+    return {}
+
+
+async def owned_subscriptions(
+    conn: AsyncConnection, dialect: ModuleType, owner: str, topic: str, subscriber_id: str
+) -> int:
+    """How many rows no stream holds ``owner`` made, besides ``(topic, subscriber_id)``
+    (subscribing to it again adds none). Locks the owner's count until the
+    transaction ends, so concurrent subscribes of one owner cannot both pass a cap."""
+    await dialect.lock_owner(conn, owner)
+    count = await conn.execute(
+        select(func.count())
+        .select_from(subscriptions)
+        .where(
+            subscriptions.c.owner == owner,
+            subscriptions.c.connection_id.is_(None),
+            not_(
+                and_(subscriptions.c.topic == topic, subscriptions.c.subscriber_id == subscriber_id)
+            ),
+        )
+    )
+    return int(count.scalar_one())
+
+
+async def remove_expired_subscriptions(
+    conn: AsyncConnection, now: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """Delete at most ``limit`` rows no stream holds whose lifetime has ended;
+    returns their ``(subscriber_id, topic)``.
+
+    ``SKIP LOCKED`` (PostgreSQL; SQLite's writer is alone anyway): a row that a
+    subscribe is renewing, or a stream taking over, is left for the next round,
+    so the sweep waits on no row and cannot close a lock cycle with a
+    subscribe or an unsubscribe, which lock their row first and ``log_head``
+    after it.
+    """
+    expired = (
+        select(subscriptions.c.topic, subscriptions.c.subscriber_id)
+        .where(subscriptions.c.connection_id.is_(None), subscriptions.c.expires_at <= now)
+        .order_by(subscriptions.c.expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    removed = await conn.execute(
+        delete(subscriptions)
+        .where(tuple_(subscriptions.c.topic, subscriptions.c.subscriber_id).in_(expired))
+        .returning(subscriptions.c.subscriber_id, subscriptions.c.topic)
+    )
+    return [(subscriber_id, topic) for subscriber_id, topic in removed]
 
 
 async def remove_subscription(conn: AsyncConnection, topic: str, subscriber_id: str) -> bool:
@@ -307,7 +376,8 @@ async def remove_subscriber(
 async def claim_subscription(
     conn: AsyncConnection, subscriber_id: str, topic: str, connection_id: str, instance_id: str
 ) -> None:
-    """Give a row made with no stream to a stream of that subscriber (see SubscriptionSync)."""
+    """Give a row made with no stream to a stream of that subscriber (see
+    SubscriptionSync); it then goes with the stream, so its lifetime ends."""
     await conn.execute(
         update(subscriptions)
         .where(
@@ -315,7 +385,7 @@ async def claim_subscription(
             subscriptions.c.topic == topic,
             subscriptions.c.connection_id.is_(None),
         )
-        .values(connection_id=connection_id, instance_id=instance_id)
+        .values(connection_id=connection_id, instance_id=instance_id, expires_at=None)
     )
 
 
@@ -347,7 +417,22 @@ async def record_subscription_change(
     now: datetime,
 ) -> int:
     """Note a subscribe/unsubscribe for the other instances; returns the log head it
-    applies after.
+    applies after (see ``record_subscription_changes``)."""
+    return await record_subscription_changes(
+        conn, dialect, [(subscriber_id, topic)], added=added, now=now
+    )
+
+
+async def record_subscription_changes(
+    conn: AsyncConnection,
+    dialect: ModuleType,
+    changes: Sequence[tuple[str, str | None]],
+    *,
+    added: bool,
+    now: datetime,
+) -> int:
+    """Note several ``(subscriber_id, topic)`` changes at once (one lock, one insert,
+    one signal); returns the log head they apply after.
 
     Locking the ``log_head`` row (a no-op clause on SQLite, whose write transaction
     already excludes every other writer) does two things: change ids, taken as
@@ -358,15 +443,20 @@ async def record_subscription_change(
     head = (
         await conn.execute(select(log_head.c.position).where(log_head.c.id == 1).with_for_update())
     ).scalar_one()
-    last = (await conn.execute(select(func.max(subscription_changes.c.id)))).scalar()
+    last = (await conn.execute(select(func.max(subscription_changes.c.id)))).scalar() or 0
     await conn.execute(
         subscription_changes.insert().values(
-            id=(last or 0) + 1,
-            subscriber_id=subscriber_id,
-            topic=topic,
-            added=added,
-            position=head,
-            changed_at=now,
+            [
+                {
+                    "id": last + n,
+                    "subscriber_id": subscriber_id,
+                    "topic": topic,
+                    "added": added,
+                    "position": head,
+                    "changed_at": now,
+                }
+                for n, (subscriber_id, topic) in enumerate(changes, start=1)
+            ]
         )
     )
     await dialect.signal_subscriptions(conn)

@@ -39,6 +39,10 @@ async def signal_subscriptions(conn: AsyncConnection) -> None:
     """No signal on SQLite: other processes poll ``subscription_changes``."""
 
 
+async def lock_owner(conn: AsyncConnection, owner: str) -> None:
+    """Nothing to take: a SQLite write transaction already excludes every other."""
+
+
 def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) -> None:
     sync_engine = engine.sync_engine
 
@@ -77,18 +81,27 @@ def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
 
 
 def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
+    """A stream's rows: taken over from whoever had them, with no lifetime."""
     stmt = sqlite_insert(subscriptions).values(rows)
     return stmt.on_conflict_do_update(
         index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
         set_={
             "connection_id": stmt.excluded.connection_id,
             "instance_id": stmt.excluded.instance_id,
+            "expires_at": None,
         },
     )
 
 
-def subscription_insert_missing(rows: list[dict[str, Any]]) -> Insert:
-    return sqlite_insert(subscriptions).values(rows).on_conflict_do_nothing()
+def subscription_refresh(rows: list[dict[str, Any]]) -> Insert:
+    """Rows with no stream: a row no stream holds gets the new owner and lifetime;
+    one a stream holds is left to it. Returns the rows written or refreshed."""
+    stmt = sqlite_insert(subscriptions).values(rows)
+    return stmt.on_conflict_do_update(
+        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
+        set_={"owner": stmt.excluded.owner, "expires_at": stmt.excluded.expires_at},
+        where=subscriptions.c.connection_id.is_(None),
+    ).returning(subscriptions.c.topic, subscriptions.c.expires_at)
 
 
 # The group-commit writer's transaction, as one call on the driver's thread -----
