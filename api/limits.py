@@ -30,6 +30,16 @@ class TooManyTopics(ApiError):
         super().__init__(400, "too_many_topics", f"at most {limit} topics per stream or socket")
 
 
+class TooManySubscriptions(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            429,
+            "too_many_subscriptions",
+            f"this client already has {limit} subscriptions with no open stream; "
+            "remove some, open their streams or wait for them to expire",
+        )
+
+
 def client_key(identity: Identity, peer: str | None) -> str:
     # Distinct prefixes: a sub that looks like an address is not that address.
     if identity.sub is not None:
@@ -74,6 +84,7 @@ def check_topic_count(count: int, limit: int) -> None:
 __all__ = [
     "ConnectionLimiter",
     "TooManyConnections",
+    "TooManySubscriptions",
     "TooManyTopics",
     "check_topic_count",
     "client_key",

@@ -98,6 +98,10 @@ class TopicsOut(BaseModel):
 class SubscriptionOut(BaseModel):
     subscriber: str
     topic: str
+    expires_at: str | None = Field(
+        description="RFC 3339 UTC: when the subscription goes unless a stream of the "
+        "subscriber takes it over (subscribing again renews it); null while a stream holds it"
+    )
 
 
 class SubscriberTopicsOut(BaseModel):

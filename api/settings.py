@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     max_topics_per_stream: int = Field(
         default=100, ge=1, description="topics of one stream, socket or REST subscriber"
     )
+    subscription_ttl: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="seconds a REST subscription lives while no stream of its subscriber holds it",
+    )
+    max_subscriptions_per_client: int = Field(
+        default=1000,
+        ge=1,
+        description="REST subscriptions one client (token sub) may hold with no stream open",
+    )
     header_timeout: float = Field(
         default=10.0, gt=0, description="seconds a request's headers may take to arrive"
     )

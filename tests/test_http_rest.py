@@ -235,7 +235,10 @@ def test_subscriptions(client: httpx.Client) -> None:
     for _ in range(2):  # idempotent
         put = client.put("/v1/subscriptions/ch-1/topics/room:lobby")
         assert put.status_code == 200
-        assert put.json() == {"subscriber": "ch-1", "topic": "room:lobby"}
+        body = put.json()
+        assert {"subscriber": "ch-1", "topic": "room:lobby"}.items() < body.items()
+        # No stream holds it: it expires unless one takes it over.
+        assert TIMESTAMP.fullmatch(body["expires_at"])
     client.put("/v1/subscriptions/ch-1/topics/user:123")
     client.put("/v1/subscriptions/ch-2/topics/room:lobby")
     assert client.get("/v1/subscriptions/ch-1").json()["topics"] == ["room:lobby", "user:123"]

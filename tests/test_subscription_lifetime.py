@@ -5,16 +5,25 @@ over, and capped per owner; rows made by server code without a ttl stay."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
+from httpx_sse import aconnect_sse
 from sqlalchemy import func, select, update
 
 from eventhub_log import EventHub, ValidationError
 from eventhub_log.hub import OwnerLimitReached
 from eventhub_log.store.tables import subscription_changes, subscriptions
+from eventhub_log.tokens import mint_token
+
+from .server import Server
+
+SECRET = "test-secret-" + "x" * 32
 
 
 async def _row(hub: EventHub, topic: str, subscriber: str) -> dict[str, Any] | None:
@@ -233,3 +242,100 @@ async def test_bad_ttl_and_owner_are_refused(hub: EventHub, kwargs: dict[str, An
     with pytest.raises(ValidationError):
         await hub.subscribe("room:a", "s", **kwargs)
     assert await hub.subscriptions("s") == []
+
+
+# Over HTTP ------------------------------------------------------------------
+
+
+def _bearer(sub: str) -> dict[str, str]:
+    grant = {"subscribe": ["*"], "subscribers": ["{sub}:*"]}
+    return {"Authorization": f"Bearer {mint_token(sub, grant, secret=SECRET, ttl=600)}"}
+
+
+@pytest.fixture
+def lifetime_server(database_url: str) -> Iterator[Server]:
+    running = Server(
+        database_url,
+        env={
+            "EVENTHUB_AUTH_SECRET": SECRET,
+            "EVENTHUB_INSTANCE_HEARTBEAT": "0.1",
+            "EVENTHUB_SUBSCRIPTION_TTL": "1.5",
+            "EVENTHUB_MAX_SUBSCRIPTIONS_PER_CLIENT": "3",
+        },
+    ).start()
+    yield running
+    running.kill()
+
+
+def _expiry(answer: httpx.Response) -> datetime:
+    assert answer.status_code == 200, answer.text
+    text = answer.json()["expires_at"]
+    assert text.endswith("Z")
+    return datetime.fromisoformat(text)
+
+
+async def test_a_rest_subscription_expires_is_renewed_and_kept_by_a_stream(
+    lifetime_server: Server,
+) -> None:
+    alice = _bearer("alice")
+    async with httpx.AsyncClient(base_url=lifetime_server.url, timeout=10) as client:
+        path = "/v1/subscriptions/alice:x/topics/room:a"
+        before = datetime.now(UTC)
+        first = _expiry(await client.put(path, headers=alice))
+        assert before + timedelta(seconds=1.5) <= first <= before + timedelta(seconds=3)
+        await asyncio.sleep(0.5)
+        renewed = _expiry(await client.put(path, headers=alice))
+        assert renewed > first
+
+        async def topics(subscriber: str) -> list[str]:
+            answer = await client.get(f"/v1/subscriptions/{subscriber}", headers=alice)
+            return list(answer.json()["topics"])
+
+        assert await topics("alice:x") == ["room:a"]
+
+        async def gone() -> bool:
+            return await topics("alice:x") == []
+
+        await _until(gone, 6, "the REST subscription was not swept")
+        assert datetime.now(UTC) >= renewed
+
+        # A stream of the subscriber takes its rows over: they no longer expire.
+        _expiry(await client.put("/v1/subscriptions/alice:y/topics/room:b", headers=alice))
+        params = {"topic": "room:c", "subscriber": "alice:y"}
+        async with (
+            httpx.AsyncClient(base_url=lifetime_server.url, timeout=10) as streaming,
+            aconnect_sse(streaming, "GET", "/v1/stream", params=params, headers=alice) as source,
+        ):
+            events = source.aiter_sse()
+            ready = await anext(events)
+            assert json.loads(ready.data)["subscriber"] == "alice:y"
+            held = await client.put("/v1/subscriptions/alice:y/topics/room:b", headers=alice)
+            assert held.status_code == 200
+            assert held.json() == {"subscriber": "alice:y", "topic": "room:b", "expires_at": None}
+            await asyncio.sleep(2.0)  # past the lifetime, several sweeps
+            assert await topics("alice:y") == ["room:b", "room:c"]
+        # Closing the stream removes them, as it always did.
+
+        async def closed() -> bool:
+            return await topics("alice:y") == []
+
+        await _until(closed, 5, "the stream's rows outlived it")
+
+
+def test_the_per_client_cap_answers_429_and_writes_nothing(
+    lifetime_server: Server,
+) -> None:
+    alice, bob = _bearer("alice"), _bearer("bob")
+    with httpx.Client(base_url=lifetime_server.url, timeout=10) as client:
+        for path in ("alice:1/topics/a", "alice:1/topics/b", "alice:2/topics/a"):
+            assert client.put(f"/v1/subscriptions/{path}", headers=alice).status_code == 200
+        refused = client.put("/v1/subscriptions/alice:2/topics/b", headers=alice)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_subscriptions"
+        assert client.get("/v1/subscriptions/alice:2", headers=alice).json()["topics"] == ["a"]
+        # Renewing one it holds is not one more.
+        assert client.put("/v1/subscriptions/alice:1/topics/a", headers=alice).status_code == 200
+        # Another client has a cap of its own; removing one frees a place.
+        assert client.put("/v1/subscriptions/bob:1/topics/a", headers=bob).status_code == 200
+        assert client.delete("/v1/subscriptions/alice:1/topics/b", headers=alice).status_code == 204
+        assert client.put("/v1/subscriptions/alice:2/topics/b", headers=alice).status_code == 200
