@@ -241,8 +241,6 @@ async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
             }
         )
     )
-    for gap in await channel.gaps():
-        await conn.send(conn.frames_cache.frame(gap))
     pump = asyncio.create_task(_pump_socket(channel.feed, conn), name="channel pump")
     try:
         async for message in conn.frames():
@@ -269,8 +267,8 @@ async def _serve_socket(conn: Connection, channel: ChannelConnection) -> None:
 
 async def _pump_socket(feed: Feed, conn: Connection) -> None:
     try:
-        async for event in feed:
-            await conn.send(conn.frames_cache.frame(event))
+        async for item in feed.with_gaps():
+            await conn.send(conn.frames_cache.frame(item))
     except Closed:
         return
     await conn.close(CLOSE_GOING_AWAY, "server shutting down")
@@ -392,8 +390,8 @@ class _Outbox:
 
 
 async def _pump_sse(feed: Feed, outbox: _Outbox) -> None:
-    async for event in feed:
-        await outbox.put(_sse_event(event))
+    async for item in feed.with_gaps():
+        await outbox.put(_sse_event(item))
     await outbox.put(b"")
 
 
@@ -458,12 +456,6 @@ async def channel_events(
         raise
     welcome = {"channel_id": channel_id, "id": channel.start_cursor, "data": channel.welcome}
     await outbox.put(_sse("welcome", json.dumps(welcome), channel.start_cursor))
-    try:
-        for gap in await channel.gaps():
-            await outbox.put(_sse_event(gap))
-    except BaseException:
-        await stack.aclose()
-        raise
     return ChannelEventStream(
         stack, channel, outbox, settings.heartbeat_interval, identity.expires_at
     )

@@ -409,12 +409,18 @@ class _Stream:
                 event = await feed.next()
                 if self._blocked is not None:
                     await asyncio.wait((self._blocked,))  # the hook's send goes first
+                gaps = feed.take_gaps()
                 if event is None:
-                    if self._ending:
+                    if gaps:
+                        self._emit(b"".join(encode_gap(gap) for gap in gaps))
+                    elif self._ending:
                         break
-                    self._emit(PING)
+                    else:
+                        self._emit(PING)
                     continue
                 chunk = self._frames.frame(event)
+                if gaps:  # retention removed what came before this event
+                    chunk = b"".join(encode_gap(gap) for gap in gaps) + chunk
                 rest = self._take()
                 self._emit(chunk if rest is None else chunk + rest)
         except StopAsyncIteration:
@@ -507,15 +513,11 @@ class EventStreamResponse(Response):
                 buffer=self._buffer,
             ) as feed:
                 topics = self._topics + sorted(set(feed.topics) - set(self._topics))
-                gaps: list[Gap] = []
-                if self._after is not None or self._from_earliest:
-                    # What retention deleted of the replay this stream owes, told
-                    # before the replay (it is read lazily, after these frames).
-                    gaps = await self._hub.gaps(topics, self._after)
                 await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
                 started = True
+                # What retention removed of the replay comes from the feed, page by
+                # page, ahead of the events after it (Feed.take_gaps).
                 opening = encode_ready(feed.cursor, feed.subscriber_id, topics)
-                opening += b"".join(encode_gap(gap) for gap in gaps)
                 await send({"type": "http.response.body", "body": opening, "more_body": True})
                 stream = _Stream(feed, send, receive, self._registry, self._expires_at)
                 self._registry.add(stream)

@@ -46,7 +46,7 @@ import pydantic
 from .delivery import Feed
 from .errors import EventHubError, InvalidCursor, ValidationError
 from .hub import EventHub, _shielded
-from .model import Gap, parse_cursor
+from .model import parse_cursor
 from .validation import validate_subscriber
 
 log = logging.getLogger(__name__)
@@ -254,12 +254,6 @@ class ChannelConnection:
         self.feed: Feed | None = None
         self.start_cursor = "0"
         self.resumed = False
-
-    async def gaps(self) -> list[Gap]:
-        """What retention deleted that this reconnection was owed (send before the events)."""
-        if not self.resumed or self.feed is None:
-            return []
-        return await self.hub.gaps(sorted(self.feed.topics), self.start_cursor)
 
     async def handle(self, message: Any) -> Reply | None:
         """Run the handler a message names. Raises ``InvalidMessage`` (nothing ran),

@@ -37,10 +37,10 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
-from .model import Event
+from .model import Event, Gap
 from .waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,21 @@ class LogReader(Protocol):
     ) -> Awaitable[list[Event]]: ...
 
 
+_NO_GAPS: tuple[Gap, ...] = ()
+# What retention removed of some topics that a reader after a position is owed.
+GapReader = Callable[[Collection[str], int], Awaitable[list[Gap]]]
+
+
 class Feed:
-    """Events of a set of topics after a position: replay first, then live."""
+    """Events of a set of topics after a position: replay first, then live.
+
+    Whatever is read from the log (a replay, a catch-up after an overflow) is
+    checked against retention page by page: events that ``prune`` removed before
+    the reader got to them become ``Gap``s, handed out by ``take_gaps()`` ahead of
+    the events that follow them, never a silent skip, even when pruning runs
+    while the replay does. A transport takes the gaps before it writes the events
+    ``next()`` or ``take_ready()`` gave it; ``next()`` returns ``None`` when a page
+    brought gaps and no event."""
 
     _ids = itertools.count(1)
 
@@ -85,11 +98,19 @@ class Feed:
         max_buffer: int = 1000,
         max_buffer_bytes: int = STREAM_BUFFER_BYTES,
         connection_id: str | None = None,
+        gap_reader: GapReader | None = None,
     ) -> None:
         self.subscriber_id = subscriber_id
         self.connection_id = connection_id or f"feed-{next(self._ids)}"
         self.topics: set[str] = set(topic_names)
         self._reader = reader
+        self._gap_reader = gap_reader
+        self._gaps: list[Gap] = []
+        # Per topic, the highest seq a gap handed out reached: told once.
+        self._gaps_told: dict[str, int] = {}
+        # Per topic, the last seq read from the log (before exclusion): a page
+        # that follows on from it with no hole needs no retention check.
+        self._last_read: dict[str, int] = {}
         self._max_buffer = max_buffer
         self._max_bytes = max_buffer_bytes
         self._live: deque[Event] = deque()
@@ -252,6 +273,8 @@ class Feed:
                 return event
             if self._catch_up_requests and self._started:
                 await self._catch_up_page()
+                if self._gaps and not self.has_ready:
+                    return None  # gaps to tell, with no event after them yet
                 continue
             if self._closed:
                 raise StopAsyncIteration
@@ -341,14 +364,35 @@ class Feed:
         return self
 
     async def __anext__(self) -> Event:
-        event = await self.next()
-        assert event is not None
+        # Iterating gives events only; a reader that must tell gaps calls
+        # ``next()`` and ``take_gaps()``.
+        while (event := await self.next()) is None:
+            pass
         return event
+
+    async def with_gaps(self) -> AsyncIterator[Event | Gap]:
+        """Events, each preceded by the gaps found before it, until the feed closes."""
+        while True:
+            try:
+                event = await self.next()
+            except StopAsyncIteration:
+                return
+            for gap in self.take_gaps():
+                yield gap
+            if event is not None:
+                yield event
+
+    def take_gaps(self) -> Sequence[Gap]:
+        """Gaps found since the last call, to tell before the events now ready."""
+        if not self._gaps:
+            return _NO_GAPS
+        gaps, self._gaps = self._gaps, []
+        return gaps
 
     async def _catch_up_page(self) -> None:
         requests, rewinds = self._catch_up_requests, self._rewinds
-        limit = self._page
-        page = await self._reader(self._through, self.topics, self.subscriber_id, limit)
+        limit, since = self._page, self._through
+        page = await self._reader(since, self.topics, self.subscriber_id, limit)
         if rewinds != self._rewinds:
             return  # a topic came in meanwhile: read again from the rewound position
         complete = len(page) < limit
@@ -364,11 +408,42 @@ class Feed:
             self._page = _page_for(size // (index + 1), self._max_bytes)
             if kept < len(page):
                 page = page[:kept]
+        if self._gap_reader is not None and self._has_hole(page):
+            # After the page's read, so a prune that made it skip events has
+            # committed and left its mark: what this page is missing is found now.
+            await self._note_gaps(since)
+            if rewinds != self._rewinds:
+                return
+        if page:
             self._through = page[-1].position
             self._replayed.extend(event for event in page if self._wanted(event))
         if complete and requests == self._catch_up_requests:
             # Reached the head with no new overflow meanwhile: live from here on.
             self._catch_up_requests = 0
+
+    def _has_hole(self, page: list[Event]) -> bool:
+        """Whether the page may be missing events: it is the first, it brings a
+        topic not read before, or a topic's seqs do not follow on. Asking the
+        retention marks costs a query; a page that follows on needs none (measured:
+        a query every page took a replay from 95,000-115,000 to about 80,000
+        events/s). Events excluded for this subscriber (left out by the query)
+        look like holes too: a query that finds nothing."""
+        last_read = self._last_read
+        hole = not last_read
+        for event in page:
+            last = last_read.get(event.topic)
+            if last is None or event.seq != last + 1:
+                hole = True
+            last_read[event.topic] = event.seq
+        return hole
+
+    async def _note_gaps(self, since: int) -> None:
+        assert self._gap_reader is not None
+        for gap in await self._gap_reader(sorted(self.topics), since):
+            told = self._gaps_told.get(gap.topic, 0)
+            if gap.to_seq > told:
+                self._gaps.append(Gap(gap.topic, max(gap.from_seq, told + 1), gap.to_seq))
+                self._gaps_told[gap.topic] = gap.to_seq
 
 
 def _take_within(

@@ -576,6 +576,7 @@ class EventHub:
             max_buffer=buffer or self._stream_buffer,
             max_buffer_bytes=self._stream_buffer_bytes,
             connection_id=uuid.uuid4().hex,
+            gap_reader=self._gaps_after,
         )
         self._dispatcher.add(feed)  # before reading the head: nothing falls between
         try:
@@ -659,6 +660,9 @@ class EventHub:
     ) -> list[Event]:
         async with self.database.read() as conn:
             return await queries.read_after(conn, after_position, topic_names, subscriber_id, limit)
+
+    async def _gaps_after(self, topic_names: Collection[str], after_position: int) -> list[Gap]:
+        return await retention_gaps(self.database, topic_names, after_position)
 
     async def _head_position(self) -> int:
         async with self.database.read() as conn:

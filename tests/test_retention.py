@@ -3,6 +3,7 @@ resuming reader is told about."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -74,3 +75,45 @@ def test_parse_duration() -> None:
     for bad in ("", "7", "d", "7x", "-1d", "1.5h", "h1"):
         with pytest.raises(ValidationError):
             parse_duration(bad)
+
+
+async def test_a_replay_racing_prune_tells_every_gap(hub: EventHub) -> None:
+    """Prune runs in a loop under a reading replay: every seq is delivered or told
+    as a gap, in order, none twice; gaps found mid-replay are told, not skipped."""
+    total = 3000
+    await hub.publish_many([("race", None, {"n": n}) for n in range(total)])
+    await hub.publish_many([("race", None, {"n": n}) for n in range(total, 2 * total)])
+    total *= 2
+    delivered: list[int] = []
+    gaps: list[Gap] = []
+
+    async def pruner() -> None:
+        keep = total
+        while keep > 500:
+            keep -= 250
+            await prune(hub.database, keep=keep, topics=["race"])
+            await asyncio.sleep(0.01)
+
+    async with hub.stream(["race"], "auditor", from_earliest=True) as feed:
+        pruning = asyncio.create_task(pruner())
+        try:
+            async for item in feed.with_gaps():
+                if isinstance(item, Gap):
+                    gaps.append(item)
+                else:
+                    delivered.append(item.seq)
+                    if len(delivered) % 25 == 0:
+                        await asyncio.sleep(0.002)  # a reader slower than the pruner
+                if delivered and delivered[-1] == total:
+                    break
+        finally:
+            await pruning
+    assert delivered == sorted(set(delivered)), "out of order or twice"
+    told = set(delivered)
+    for gap in gaps:
+        told.update(range(gap.from_seq, gap.to_seq + 1))
+    missing = sorted(set(range(1, total + 1)) - told)
+    assert missing == [], f"skipped silently: {missing[:10]}..."
+    # The pruner overtook the reader after it had started: gaps came mid-replay.
+    assert delivered[0] == 1
+    assert gaps

@@ -22,7 +22,7 @@ from fastapi import APIRouter, WebSocket
 
 from eventhub_log import EventHub, Feed
 from eventhub_log import errors as lib
-from eventhub_log.model import format_timestamp
+from eventhub_log.model import Gap, format_timestamp
 
 from ..auth import admit_websocket, deny_websocket, require_all, require_subscriber
 from ..authz import Identity, Right
@@ -70,9 +70,10 @@ async def pump(feed: Feed, connection: Connection) -> None:
     """Feed -> outbox. Blocks when the outbox is full; the feed then catches up
     from the log on its own, so nothing is lost and nobody else waits."""
     try:
-        async for event in feed:
-            if event.topic in feed.topics:  # not one unsubscribed a moment ago
-                await connection.send(connection.frames_cache.frame(event))
+        async for item in feed.with_gaps():
+            # Not an event of a topic unsubscribed a moment ago.
+            if isinstance(item, Gap) or item.topic in feed.topics:
+                await connection.send(connection.frames_cache.frame(item))
     except Closed:
         return
     # The hub is shutting down: clients resume from their last id elsewhere.
@@ -201,9 +202,7 @@ async def _serve(
                     }
                 )
             )
-            after = query.get("last_event_id") or query.get("after")
-            if after is not None or query.get("from") == "earliest":
-                await _send_gaps(hub, connection, feed, after)
+            # Gaps retention left in the replay come from the feed (pump).
             stream.start()
             async for frame in _frames(connection):
                 await _handle(frame, hub, stream, connection)
@@ -232,12 +231,6 @@ def close_at_expiry(connection: Connection, identity: Identity) -> asyncio.Timer
 
 # Closing tasks, referenced until done (the loop keeps only weak references).
 _EXPIRING: set[asyncio.Task[None]] = set()
-
-
-async def _send_gaps(hub: EventHub, conn: Connection, feed: Feed, after: str | None) -> None:
-    """Before a replay: what retention deleted that this resume was owed."""
-    for gap in await hub.gaps(sorted(feed.topics), after):
-        await conn.send(conn.frames_cache.frame(gap))
 
 
 async def _frames(connection: Connection) -> AsyncIterator[dict[str, Any]]:
@@ -292,9 +285,8 @@ async def _handle(frame: dict[str, Any], hub: EventHub, stream: _Stream, conn: C
             if not isinstance(after, str):
                 raise lib.InvalidCursor('resume needs "after": an event id sent by this server')
             topics = sorted(stream.feed.topics) if stream.feed is not None else []
-            feed = await stream.open(topics, after=after)
+            await stream.open(topics, after=after)
             await _ack(conn, op, ref, after=after, topics=topics)
-            await _send_gaps(hub, conn, feed, after)
             stream.start()
     except lib.EventHubError as exc:
         if isinstance(exc, lib.ValidationError):
