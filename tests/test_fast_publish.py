@@ -59,10 +59,11 @@ def raw_post(
 
 def normalised(response: bytes) -> bytes:
     """What differs between two publishes of the same request: the time, the id
-    (and so the length)."""
+    (and so the length), and the hash, which covers the time, topic and seq."""
     response = re.sub(rb"date: [^\r]*", b"date: -", response)
     response = re.sub(rb"content-length: \d+", b"content-length: -", response)
     response = re.sub(rb'"id":"[^"]*"', b'"id":"-"', response)
+    response = re.sub(rb'"hash":"[0-9a-f]{64}"', b'"hash":"-"', response)
     return re.sub(rb'"published_at":"[^"]*"', b'"published_at":"-"', response)
 
 
