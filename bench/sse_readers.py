@@ -234,3 +234,105 @@ def catch_up_main(
 ) -> None:
     use_uvloop()
     pipe.send(asyncio.run(catch_up(port, path, last_event_id, expected)))
+
+
+# Reconnect storm (bench/reconnect_storm.py) -------------------------------------
+
+SEQ_FIELD = b'"seq":'
+
+
+async def _storm_open(
+    port: int, path: str, headers: dict[str, str], expected: int, done: dict[str, Any]
+) -> tuple[SseStream, dict[str, Any]]:
+    state: dict[str, Any] = {"events": 0, "seqs": [], "ready": 0.0, "done": 0.0}
+
+    def on_frame(frame: bytes, received: float) -> None:
+        found = SEQ_RE.search(frame)
+        if found is None:
+            return
+        state["events"] += 1
+        state["seqs"].append(int(found.group(1)))
+        if state["events"] == expected:
+            state["done"] = received
+            done["count"] += 1
+            if done["count"] == done["want"] and not done["future"].done():
+                done["future"].set_result(None)
+
+    stream = await open_stream(port, path, on_frame, headers)
+    # ``open_stream`` returns on the ``ready`` frame (it is not passed to on_frame).
+    state["ready"] = time.time()
+    if stream.status != 200:
+        raise RuntimeError(f"status {stream.status}: {stream.error_body[:200]!r}")
+    return stream, state
+
+
+async def storm_round(
+    port: int, paths: list[str], last_event_id: str | None, expected: int, go_at: float
+) -> tuple[list[SseStream], dict[str, Any]]:
+    """Open every stream at once at ``go_at`` (wall clock, shared by all reader
+    processes); report when the last one had ``ready`` and, with ``expected``,
+    when the last one had that many events."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": last_event_id}
+    loop = asyncio.get_running_loop()
+    done: dict[str, Any] = {"count": 0, "want": len(paths), "future": loop.create_future()}
+    if not expected:
+        done["future"].set_result(None)
+    await asyncio.sleep(max(0.0, go_at - time.time()))
+    cpu0 = cpu_seconds()
+    results = await asyncio.gather(
+        *(asyncio.wait_for(_storm_open(port, p, headers, expected, done), 60) for p in paths),
+        return_exceptions=True,
+    )
+    opened = [r for r in results if not isinstance(r, BaseException)]
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    if expected and len(opened) == len(paths):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done["future"]), 60)
+    await asyncio.sleep(0.3)  # anything beyond what was owed would show now
+    states = [state for _, state in opened]
+    wrong = sum(
+        1
+        for s in states
+        if s["events"] != expected or s["seqs"] != sorted(set(s["seqs"])) or not s["ready"]
+    )
+    report = {
+        "opened": len(opened),
+        "errors": errors[:3],
+        "last_ready": max((s["ready"] for s in states), default=0.0),
+        "last_done": max((s["done"] for s in states), default=0.0),
+        "wrong": wrong,
+        "cpu": cpu_seconds() - cpu0,
+    }
+    return [stream for stream, _ in opened], report
+
+
+def storm_main(pipe: Connection, port: int) -> None:
+    """A reader process of the storm: ``("open", paths, last_event_id, expected,
+    go_at)`` opens a round and answers its report; ``"close"`` closes the
+    round's streams; ``"stop"`` ends."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    use_uvloop()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        streams: list[SseStream] = []
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command == "stop":
+                break
+            if command == "close":
+                for stream in streams:
+                    stream.close()
+                streams = []
+                pipe.send("closed")
+                continue
+            _, paths, last_event_id, expected, go_at = command
+            streams, report = await storm_round(port, paths, last_event_id, expected, go_at)
+            pipe.send(report)
+        for stream in streams:
+            stream.close()
+
+    asyncio.run(run())
