@@ -5,6 +5,13 @@ stream costs a commit (an fsync on SQLite) each, so a thousand clients
 reconnecting after a restart would queue for seconds behind each other's
 commits. Like the event writer, this runs everything queued in one transaction
 and answers each caller after the commit.
+
+Callers doing the same kind of write can also hand over just their item and a
+batch function (``run_batched``): the items of a group go to one call of it,
+so a thousand opens write their rows in one multi-row statement instead of a
+thousand statements one after another (inside the shared transaction each
+statement still cost a round trip and SQLAlchemy's compile-and-execute path:
+1,000 opens at once took 4.4-5.7 s on SQLite that way, the fsync no part of it).
 """
 
 from __future__ import annotations
@@ -26,14 +33,18 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Operation = Callable[[AsyncConnection], Awaitable[Any]]
+# Runs the items of a group in one go; returns one result per item, in order.
+Batch = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
 MAX_GROUP = 500
 
 
 @dataclass
 class _Queued:
-    operation: Operation
+    operation: Operation | None
     future: asyncio.Future[Any]
+    batch: Batch | None = None
+    item: Any = None
 
 
 class GroupedWrites:
@@ -69,6 +80,18 @@ class GroupedWrites:
         self._wakeup.set()
         return await future
 
+    async def run_batched(self, batch: Batch, item: Any) -> Any:
+        """Hand ``item`` to ``batch`` with the other items of the group that the
+        same function batches, inside the shared transaction; return its result
+        once committed. If the group fails, each item is tried in a transaction
+        of its own, so one bad item fails only its caller."""
+        if self._task is None or self._closing:
+            raise HubNotStarted("the hub is not running")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(None, future, batch, item))
+        self._wakeup.set()
+        return await future
+
     async def _run(self) -> None:
         while True:
             if not self._queue:
@@ -95,13 +118,27 @@ class GroupedWrites:
                         _fail(queued, single)
 
     async def _commit(self, group: list[_Queued]) -> None:
-        results = []
+        results: dict[int, Any] = {}
+        batches: dict[Batch, list[int]] = {}
+        for index, queued in enumerate(group):
+            if queued.batch is not None:
+                batches.setdefault(queued.batch, []).append(index)
         async with self._database.write() as conn:
-            for queued in group:
-                results.append(await queued.operation(conn))
-        for queued, result in zip(group, results, strict=True):
+            for index, queued in enumerate(group):
+                if queued.batch is None:
+                    assert queued.operation is not None
+                    results[index] = await queued.operation(conn)
+                elif index == batches[queued.batch][0]:
+                    # The whole batch where its first item stands: later items
+                    # move ahead of plain operations queued between them. For
+                    # opens and closes that is an order they could have come in
+                    # anyway (a close queued a moment later).
+                    members = batches[queued.batch]
+                    answers = await queued.batch(conn, [group[i].item for i in members])
+                    results.update(zip(members, answers, strict=True))
+        for index, queued in enumerate(group):
             if not queued.future.done():
-                queued.future.set_result(result)
+                queued.future.set_result(results[index])
 
 
 def _fail(queued: _Queued, exc: BaseException) -> None:

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -26,6 +26,7 @@ from .notify import Notifier, PollingNotifier
 from .notify.postgres import PostgresNotifier, asyncpg_dsn, track_backends
 from .retention import gaps as retention_gaps
 from .store import queries
+from .store import retention as retention_store
 from .store.database import DEFAULT_DATABASE_URL, Database, open_database, translate_errors
 from .subscription_sync import SubscriptionSync
 from .validation import (
@@ -119,6 +120,13 @@ class EventHub:
             max_queue_bytes=write_queue_bytes,
         )
         self._row_writes = GroupedWrites(self.database)
+        self._heads: SharedReads[None, int] = SharedReads(self._read_head)
+        self._pages: SharedReads[tuple[int, tuple[str, ...] | None, int], list[Event]] = (
+            SharedReads(self._read_page)
+        )
+        self._marks: SharedReads[tuple[str, ...], dict[str, list[tuple[int, int]]]] = SharedReads(
+            self._read_marks
+        )
         self._idempotency_ttl = idempotency_ttl
         self.events_published = 0  # by this process's writer, for metrics
         self._notifiers: list[Notifier] = []
@@ -570,34 +578,22 @@ class EventHub:
         start_after = None if after is None else parse_cursor(after)
         self._require_running()
         feed = Feed(
-            self._read_after,
+            self._shared_read_after,
             subscriber,
             topics,
             max_buffer=buffer or self._stream_buffer,
             max_buffer_bytes=self._stream_buffer_bytes,
             connection_id=uuid.uuid4().hex,
-            gap_reader=self._gaps_after,
+            gap_reader=self._shared_gaps,
         )
         self._dispatcher.add(feed)  # before reading the head: nothing falls between
         try:
-
-            async def open_rows(conn: AsyncConnection) -> list[str]:
-                await queries.add_subscriptions(
-                    conn,
-                    self.database.dialect,
-                    subscriber,
-                    feed.topics,
-                    _now(),
-                    connection_id=feed.connection_id,
-                    instance_id=self.instance_id,
-                )
-                return await queries.subscriber_topics(conn, subscriber)
-
-            existing = await self._row_writes.run(open_rows)
+            existing: list[str] = await self._row_writes.run_batched(self._open_rows, feed)
             for topic in existing:
                 self._dispatcher.add_topic(subscriber, topic)
-            # Read the head only once the feed listens on every topic it will get.
-            head = await self._head_position()
+            # Read the head only once the feed listens on every topic it will get;
+            # the opens of one pass share a read begun after all of them got here.
+            head = await self._heads.read(None)
             if start_after is not None and start_after > head:
                 raise InvalidCursor(
                     f"cursor {after!r} is ahead of this log (newest is {head}): "
@@ -614,6 +610,20 @@ class EventHub:
             self._dispatcher.remove(feed)
             feed.close()
             await _shielded(self._release(feed))
+
+    async def _open_rows(self, conn: AsyncConnection, feeds: list[Feed]) -> list[list[str]]:
+        """The rows of every stream opening in this group: one upsert, one claim
+        of the subscribers' stream-less rows and one read of their rows, instead
+        of three statements per stream one after another."""
+        await queries.add_stream_subscriptions(
+            conn,
+            self.database.dialect,
+            [(feed.subscriber_id, feed.topics, feed.connection_id) for feed in feeds],
+            _now(),
+            self.instance_id,
+        )
+        found = await queries.subscribers_topics(conn, {feed.subscriber_id for feed in feeds})
+        return [found.get(feed.subscriber_id, []) for feed in feeds]
 
     async def _release(self, feed: Feed) -> None:
 
@@ -663,6 +673,38 @@ class EventHub:
 
     async def _gaps_after(self, topic_names: Collection[str], after_position: int) -> list[Gap]:
         return await retention_gaps(self.database, topic_names, after_position)
+
+    async def _shared_read_after(
+        self,
+        after_position: int,
+        topic_names: Collection[str] | None,
+        subscriber_id: str | None,
+        limit: int,
+    ) -> list[Event]:
+        """A feed's page of the log, shared by the feeds asking for the same page
+        at once (a crowd resuming from one cursor): read with no exclusion, which
+        the feed applies itself (``Feed._wanted``), so that the subscriber is no
+        part of the key."""
+        topics = None if topic_names is None else tuple(sorted(topic_names))
+        return await self._pages.read((after_position, topics, limit))
+
+    async def _read_page(self, key: tuple[int, tuple[str, ...] | None, int]) -> list[Event]:
+        after_position, topics, limit = key
+        return await self._read_after(after_position, topics, None, limit)
+
+    async def _shared_gaps(self, topic_names: Collection[str], after_position: int) -> list[Gap]:
+        """``_gaps_after`` from a marks read shared by the feeds asking at once;
+        it starts after every one of them asked, so it is at least as fresh as the
+        page each of them checks with it."""
+        found = await self._marks.read(tuple(sorted(topic_names)))
+        return _gaps_from_marks(found, after_position)
+
+    async def _read_marks(self, topics: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:
+        async with self.database.read() as conn:
+            return await retention_store.marks(conn, topics)
+
+    async def _read_head(self, _: None) -> int:
+        return await self._head_position()
 
     async def _head_position(self) -> int:
         async with self.database.read() as conn:
@@ -716,6 +758,67 @@ class EventHub:
                 connection_id=feed.connection_id,
                 instance_id=self.instance_id,
             )
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SharedReads(Generic[K, V]):
+    """One read per key for the callers asking for it at the same moment.
+
+    A caller joins only a read that has not begun: one in flight was begun
+    before the caller asked, and may predate what the caller must see (its
+    feed's registration, its page's read), so the caller waits for the next.
+    The read begins on the loop's next turn, so the opens or replays woken
+    together (by one commit, one head read) share it: 1,000 streams opening at
+    once made 1,000 head reads, 1,000 page reads and 1,000 marks reads, each a
+    pool checkout and a round trip of its own.
+    """
+
+    def __init__(self, read: Callable[[K], Awaitable[V]]) -> None:
+        self._read = read
+        self._next: dict[K, asyncio.Future[V]] = {}
+        self._running: dict[K, asyncio.Task[None]] = {}
+
+    async def read(self, key: K) -> V:
+        future = self._next.get(key)
+        if future is None:
+            future = self._next[key] = asyncio.get_running_loop().create_future()
+            # Read by whoever asks; no caller's cancellation may fail the others.
+            future.add_done_callback(_retrieve)
+            if key not in self._running:
+                self._running[key] = asyncio.ensure_future(self._serve(key))
+        return await asyncio.shield(future)
+
+    async def _serve(self, key: K) -> None:
+        try:
+            await asyncio.sleep(0)  # let the callers woken with this one ask too
+            while (future := self._next.pop(key, None)) is not None:
+                try:
+                    future.set_result(await self._read(key))
+                except Exception as exc:
+                    future.set_exception(exc)
+        finally:
+            self._running.pop(key, None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _gaps_from_marks(found: dict[str, list[tuple[int, int]]], after_position: int) -> list[Gap]:
+    """``retention.gaps`` from marks already read (the same rule)."""
+    result: list[Gap] = []
+    for topic in sorted(found):
+        topic_marks = found[topic]
+        through_seq, through_position = topic_marks[-1]
+        if after_position >= through_position:
+            continue
+        seen = [seq for seq, position in topic_marks if position <= after_position]
+        result.append(Gap(topic, (seen[-1] if seen else 0) + 1, through_seq))
+    return result
 
 
 def _pending_batch(items: object, publisher: str | None) -> list[PendingEvent]:

@@ -8,7 +8,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, not_, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, delete, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..chain import GENESIS, canonical_payload, link
@@ -298,6 +298,81 @@ async def add_subscriptions(
         .values(connection_id=connection_id, instance_id=instance_id, expires_at=None)
     )
     return {}
+
+
+# Rows per statement when many streams open together: 7 parameters a row stays
+# far below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
+_ROWS_PER_STATEMENT = 1000
+
+
+async def add_stream_subscriptions(
+    conn: AsyncConnection,
+    dialect: ModuleType,
+    opens: Sequence[tuple[str, Collection[str], str]],
+    now: datetime,
+    instance_id: str,
+) -> None:
+    """``add_subscriptions`` for many streams at once: ``(subscriber_id, topics,
+    connection_id)`` each, in the order they opened.
+
+    The same as running them one after another: a later stream of a subscriber
+    takes over the rows of its topics from an earlier one, and the subscriber's
+    rows no stream held go to the first of its streams. A row appears once in
+    the upsert (PostgreSQL refuses to update one row twice in a statement);
+    rows go in (subscriber, topic) order, so concurrent transactions lock them
+    in one order."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    claims: dict[str, str] = {}
+    for subscriber_id, topic_names, connection_id in opens:
+        claims.setdefault(subscriber_id, connection_id)
+        for topic in topic_names:
+            rows[(subscriber_id, topic)] = {
+                "topic": topic,
+                "subscriber_id": subscriber_id,
+                "connection_id": connection_id,
+                "instance_id": instance_id,
+                "created_at": now,
+                "owner": None,
+                "expires_at": None,
+            }
+    ordered = [rows[key] for key in sorted(rows)]
+    for start in range(0, len(ordered), _ROWS_PER_STATEMENT):
+        await conn.execute(
+            dialect.subscription_upsert(ordered[start : start + _ROWS_PER_STATEMENT])
+        )
+    subscribers = sorted(claims)
+    for start in range(0, len(subscribers), _ROWS_PER_STATEMENT):
+        chunk = subscribers[start : start + _ROWS_PER_STATEMENT]
+        connection = (
+            claims[chunk[0]]
+            if len(chunk) == 1
+            else case({s: claims[s] for s in chunk}, value=subscriptions.c.subscriber_id)
+        )
+        await conn.execute(
+            update(subscriptions)
+            .where(
+                subscriptions.c.subscriber_id.in_(chunk),
+                subscriptions.c.connection_id.is_(None),
+            )
+            .values(connection_id=connection, instance_id=instance_id, expires_at=None)
+        )
+
+
+async def subscribers_topics(
+    conn: AsyncConnection, subscriber_ids: Collection[str]
+) -> dict[str, list[str]]:
+    """``subscriber_topics`` of many subscribers in one read (per thousand)."""
+    found: dict[str, list[str]] = {}
+    names = sorted(set(subscriber_ids))
+    for start in range(0, len(names), _ROWS_PER_STATEMENT):
+        rows = await conn.execute(
+            select(subscriptions.c.subscriber_id, subscriptions.c.topic)
+            .where(subscriptions.c.subscriber_id.in_(names[start : start + _ROWS_PER_STATEMENT]))
+            .order_by(subscriptions.c.subscriber_id, subscriptions.c.topic)
+        )
+        for subscriber_id, topic in rows:
+            found.setdefault(subscriber_id, []).append(topic)
+    return found
 
 
 async def owned_subscriptions(
