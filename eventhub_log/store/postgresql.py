@@ -86,6 +86,21 @@ def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
     )
 
 
+def subscription_upsert_many() -> Insert:
+    """``subscription_upsert`` executed with a list of rows: one statement compiled
+    once, where a multi-row VALUES is compiled again for every row count (45 ms
+    for 500 rows, most of what a group of 500 opens took)."""
+    stmt = pg_insert(subscriptions)
+    return stmt.on_conflict_do_update(
+        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
+        set_={
+            "connection_id": stmt.excluded.connection_id,
+            "instance_id": stmt.excluded.instance_id,
+            "expires_at": None,
+        },
+    )
+
+
 def subscription_refresh(rows: list[dict[str, Any]]) -> Insert:
     """Rows with no stream: a row no stream holds gets the new owner and lifetime;
     one a stream holds is left to it. Returns the rows written or refreshed."""

@@ -8,7 +8,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, not_, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..chain import GENESIS, canonical_payload, link
@@ -300,8 +300,8 @@ async def add_subscriptions(
     return {}
 
 
-# Rows per statement when many streams open together: 7 parameters a row stays
-# far below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
+# Subscribers per ``IN`` list when many streams open together: far below
+# SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
 _ROWS_PER_STATEMENT = 1000
 
 
@@ -320,7 +320,8 @@ async def add_stream_subscriptions(
     rows no stream held go to the first of its streams. A row appears once in
     the upsert (PostgreSQL refuses to update one row twice in a statement);
     rows go in (subscriber, topic) order, so concurrent transactions lock them
-    in one order."""
+    in one order. Both statements run as executemany of one statement, compiled
+    once: a multi-row VALUES is compiled again for every row count."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     claims: dict[str, str] = {}
     for subscriber_id, topic_names, connection_id in opens:
@@ -336,25 +337,17 @@ async def add_stream_subscriptions(
                 "expires_at": None,
             }
     ordered = [rows[key] for key in sorted(rows)]
-    for start in range(0, len(ordered), _ROWS_PER_STATEMENT):
-        await conn.execute(
-            dialect.subscription_upsert(ordered[start : start + _ROWS_PER_STATEMENT])
-        )
-    subscribers = sorted(claims)
-    for start in range(0, len(subscribers), _ROWS_PER_STATEMENT):
-        chunk = subscribers[start : start + _ROWS_PER_STATEMENT]
-        connection = (
-            claims[chunk[0]]
-            if len(chunk) == 1
-            else case({s: claims[s] for s in chunk}, value=subscriptions.c.subscriber_id)
-        )
+    if ordered:
+        await conn.execute(dialect.subscription_upsert_many(), ordered)
+    if claims:
         await conn.execute(
             update(subscriptions)
             .where(
-                subscriptions.c.subscriber_id.in_(chunk),
+                subscriptions.c.subscriber_id == bindparam("claimer"),
                 subscriptions.c.connection_id.is_(None),
             )
-            .values(connection_id=connection, instance_id=instance_id, expires_at=None)
+            .values(connection_id=bindparam("claim"), instance_id=instance_id, expires_at=None),
+            [{"claimer": s, "claim": c} for s, c in sorted(claims.items())],
         )
 
 
