@@ -32,6 +32,7 @@ import json
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
@@ -82,7 +83,6 @@ from .websocket import (
 log = logging.getLogger(__name__)
 
 RESERVED_QUERY = {"last_event_id", "opening", QUERY}
-SSE_OUTBOX = 256
 # How often an idle channel stream looks for a server shutdown (and a ping due).
 SHUTDOWN_CHECK = 0.5
 
@@ -354,7 +354,7 @@ class ChannelEventStream(Response):
                 if self.expires_at is not None and time.time() >= self.expires_at:
                     break  # the token ran out: the client comes back with a new one
                 try:
-                    chunk = await asyncio.wait_for(self.outbox.queue.get(), SHUTDOWN_CHECK)
+                    chunk = await asyncio.wait_for(self.outbox.get(), SHUTDOWN_CHECK)
                 except TimeoutError:
                     if loop.time() - last_write < self.heartbeat:
                         continue
@@ -372,17 +372,42 @@ class ChannelEventStream(Response):
 
 class _Outbox:
     """Chunks for one channel stream: unbounded until the response starts (nothing
-    drains it yet, and a connect handler must not block on it), bounded after."""
+    drains it yet, and a connect handler must not block on it), then bounded in
+    bytes, so a stalled reader of large messages holds at most `max_bytes` here
+    (one chunk over it is let in, or a large message could never pass)."""
 
-    def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: deque[bytes] = deque()
+        self._bytes = 0
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._early: list[bytes] | None = []
 
     async def put(self, chunk: bytes) -> None:
         if self._early is not None:
             self._early.append(chunk)
-        else:
-            await self.queue.put(chunk)
+            return
+        while self._chunks and self._bytes + len(chunk) > self.max_bytes:
+            self._writable.clear()
+            await self._writable.wait()
+        self._chunks.append(chunk)
+        self._bytes += len(chunk)
+        self._readable.set()
+
+    async def get(self) -> bytes:
+        while not self._chunks:
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        self._bytes -= len(chunk)
+        self._writable.set()
+        return chunk
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
 
     def start(self) -> bytes:
         early, self._early = self._early or [], None
@@ -423,7 +448,7 @@ async def channel_events(
     settings: Settings = request.app.state.settings
     route = _route(request.app, name)
     require_subscriber(identity, channel_id)
-    outbox = _Outbox(SSE_OUTBOX)
+    outbox = _Outbox(settings.stream_buffer_bytes)
 
     async def send(data: Any) -> None:
         await outbox.put(_sse("message", json.dumps({"data": data})))
