@@ -1,0 +1,233 @@
+"""The private and undocumented APIs of other packages that the code relies on.
+
+Each is a shortcut measured to matter, and each can go in any release with no
+deprecation. These tests exercise the real objects (an aiosqlite connection, a
+FastAPI app, asyncio futures on both loops, uvicorn's Server), so an upgrade
+that removes or changes one fails here, by name, rather than in production
+(or, where the code falls back quietly, as a slowdown or a lost feature that
+nobody sees). Each failure says what depends on it and what to do.
+
+The uses, and what breaks without them:
+
+- aiosqlite ``Connection._execute`` / ``._connection``: eventhub_log/store/sqlite.py
+  ``append_batch`` appends a whole batch in one call on aiosqlite's thread; without
+  them it returns None and the writer takes the slower SQLAlchemy path.
+- FastAPI ``FastAPI._native_telemetry``: api/app.py ``_telemetry_enabled`` decides
+  whether the publish fast path may skip FastAPI's layers; without it, configured
+  OpenTelemetry would silently stop seeing publishes.
+- asyncio's future protocol (``Future._asyncio_future_blocking``, a coroutine
+  step yielding the future it waits on): api/sse.py ``_emit`` / ``_finish`` step
+  the ASGI send by hand.
+- uvicorn's SIGTERM handler is ``Server.handle_exit``, a bound method, and
+  ``Server.should_exit``: api/sse.py and api/channels.py ``_server_exiting`` end
+  endless streams on shutdown; without it shutdown waits for the graceful timeout.
+- ``argparse._SubParsersAction``: the type the CLI modules annotate subcommands with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventhub_log.migrations import ensure_schema
+from eventhub_log.model import PendingEvent
+from eventhub_log.store import sqlite
+from eventhub_log.store.database import open_database
+
+
+def broken(dependency: str, used_by: str, todo: str) -> str:
+    return (
+        f"private API gone or changed: {dependency} (used by {used_by}). {todo} "
+        "See tests/test_private_apis.py."
+    )
+
+
+# aiosqlite -------------------------------------------------------------------
+
+AIOSQLITE = broken(
+    "aiosqlite Connection._execute(fn, *args) / Connection._connection",
+    "eventhub_log/store/sqlite.py append_batch, the one-call SQLite append",
+    "Find aiosqlite's new way to run a function on its thread with its sqlite3 "
+    "connection and use it there (or pin aiosqlite below this release in "
+    "pyproject.toml); until then every SQLite append takes the slower path.",
+)
+
+
+async def test_aiosqlite_runs_a_call_on_its_thread(tmp_path: Path) -> None:
+    database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'private.db'}")
+    try:
+        async with database.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            run = getattr(driver, "_execute", None)
+            db = getattr(driver, "_connection", None)
+            assert callable(run), AIOSQLITE
+            assert isinstance(db, sqlite3.Connection), AIOSQLITE
+
+            def on_thread(connection: sqlite3.Connection, a: int, *, b: int) -> tuple[int, int]:
+                ((value,),) = connection.execute("SELECT ? + ?", (a, b)).fetchall()
+                return value, threading.get_ident()
+
+            value, thread = await run(on_thread, db, 2, b=3)
+            assert value == 5, AIOSQLITE
+            # On aiosqlite's own thread: sqlite3 refuses a connection used elsewhere.
+            assert thread != threading.get_ident(), AIOSQLITE
+
+            def fails(connection: sqlite3.Connection) -> None:
+                connection.execute("SELECT * FROM no_such_table")
+
+            with pytest.raises(sqlite3.OperationalError):
+                await run(fails, db)
+    finally:
+        await database.engine.dispose()
+
+
+async def test_sqlite_append_batch_takes_the_one_call_path(tmp_path: Path) -> None:
+    database = open_database(f"sqlite+aiosqlite:///{tmp_path / 'append.db'}")
+    try:
+        await ensure_schema(database, upgrade=True)
+        async with database.engine.connect() as conn:
+            pending = [PendingEvent("t:a", json.dumps({"n": n})) for n in range(3)]
+            stored = await sqlite.append_batch(conn, pending, datetime.now(UTC))
+        assert stored is not None, AIOSQLITE
+        assert [(e.topic, e.seq) for e in stored] == [("t:a", 1), ("t:a", 2), ("t:a", 3)]
+    finally:
+        await database.engine.dispose()
+
+
+# FastAPI ---------------------------------------------------------------------
+
+FASTAPI = broken(
+    "FastAPI app._native_telemetry.enabled()",
+    "api/app.py _telemetry_enabled, which keeps the publish fast path off when "
+    "FastAPI's OpenTelemetry instrumentation is on",
+    "Find FastAPI's new way to tell whether it instruments requests and use it "
+    "there; until then a hub with OpenTelemetry configured loses its publish spans.",
+)
+
+
+def test_fastapi_says_whether_it_instruments_requests() -> None:
+    from opentelemetry import trace
+
+    from api.app import EventHubApp, _telemetry_enabled
+
+    plain = EventHubApp()
+    telemetry = getattr(plain, "_native_telemetry", None)
+    assert telemetry is not None, FASTAPI
+    assert callable(getattr(telemetry, "enabled", None)), FASTAPI
+    assert telemetry.enabled() is False, FASTAPI
+    assert _telemetry_enabled(plain) is False
+
+    traced = EventHubApp(telemetry={"tracer_provider": trace.NoOpTracerProvider()})
+    assert traced._native_telemetry.enabled() is True, FASTAPI
+    # The case the fallback would get wrong: FastAPI instruments, the check must see it.
+    assert _telemetry_enabled(traced) is True, FASTAPI
+
+
+# asyncio ---------------------------------------------------------------------
+
+ASYNCIO = broken(
+    "asyncio's future protocol: a coroutine's step yields the Future it awaits, "
+    "flagged Future._asyncio_future_blocking",
+    "api/sse.py _emit and _finish, which step the ASGI send by hand",
+    "Make _emit await the send in a task (asyncio.ensure_future(send(message))) "
+    "and drop _finish; measure the SSE fan-out bench before and after.",
+)
+
+
+def loop_factories() -> list[Any]:
+    factories: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop  # uvicorn[standard] serves on it
+    except ImportError:  # pragma: no cover - a platform without uvloop
+        return factories
+    return [*factories, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+@pytest.mark.parametrize("loop_factory", loop_factories())
+def test_a_send_stepped_by_hand_is_finished_like_a_task(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    from api.sse import _finish
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[str] = loop.create_future()
+        steps: list[str] = []
+
+        async def send() -> None:  # like uvicorn's send waiting on the transport
+            steps.append(await gate)
+            await asyncio.sleep(0)  # a bare yield
+            steps.append("done")
+
+        sending = send().__await__()
+        awaited = sending.send(None)
+        assert awaited is gate, ASYNCIO
+        assert awaited._asyncio_future_blocking is True, ASYNCIO
+        finishing = asyncio.ensure_future(_finish(sending, awaited))
+        await asyncio.sleep(0.01)
+        assert not finishing.done()
+        assert steps == []
+        gate.set_result("written")
+        await asyncio.wait_for(finishing, 5)
+        assert steps == ["written", "done"], ASYNCIO
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(scenario())
+
+
+# uvicorn ---------------------------------------------------------------------
+
+UVICORN = broken(
+    "uvicorn installs Server.handle_exit (a bound method) as its SIGTERM handler "
+    "and sets Server.should_exit",
+    "api/sse.py and api/channels.py _server_exiting, which end endless streams "
+    "when the server stops",
+    "Find uvicorn's new shutdown signal and read it there; until then a SIGTERM "
+    "waits the whole graceful timeout for open streams.",
+)
+
+
+def test_uvicorn_shutdown_is_seen_through_its_signal_handler() -> None:
+    import uvicorn
+
+    from api import channels, sse
+
+    assert threading.current_thread() is threading.main_thread()
+    server = uvicorn.Server(uvicorn.Config(app=lambda *_: None))
+    assert not sse._server_exiting()
+    with server.capture_signals():
+        handler = signal.getsignal(signal.SIGTERM)
+        assert getattr(handler, "__self__", None) is server, UVICORN
+        assert sse._server_exiting() is False, UVICORN
+        assert channels._server_exiting() is False, UVICORN
+        server.should_exit = True
+        assert sse._server_exiting() is True, UVICORN
+        assert channels._server_exiting() is True, UVICORN
+    assert not sse._server_exiting()
+
+    # Outside capture_signals (which re-raises what it caught): the real handler.
+    other = uvicorn.Server(uvicorn.Config(app=lambda *_: None))
+    other.handle_exit(signal.SIGTERM, None)
+    assert other.should_exit is True, UVICORN
+
+
+# argparse --------------------------------------------------------------------
+
+
+def test_argparse_subparsers_action_is_the_annotated_type() -> None:
+    commands = argparse.ArgumentParser().add_subparsers()
+    assert isinstance(commands, argparse._SubParsersAction), broken(
+        "argparse._SubParsersAction",
+        "the type annotations of the eventhub_log/cli*.py command builders",
+        "Annotate with the type add_subparsers() now returns.",
+    )
