@@ -23,6 +23,7 @@ _STATUS: list[tuple[type[lib.EventHubError], int, str]] = [
     (lib.HubNotStarted, 503, "not_ready"),
     (lib.SchemaError, 503, "schema_mismatch"),
     (lib.Overloaded, 503, "overloaded"),
+    (lib.StorageFull, 507, "storage_full"),
     (lib.DatabaseUnavailable, 503, "database_unavailable"),
     (lib.StorageError, 500, "storage_error"),
 ]
@@ -39,6 +40,8 @@ _PUBLIC = {
     "database_unavailable": "the database is unavailable or busy; retry shortly",
     "overloaded": "too many publishes are waiting for the database; nothing was written; "
     "retry shortly",
+    "storage_full": "the database has no space left; nothing was written; retry once "
+    "space is freed",
     "storage_error": "the database could not complete the request; nothing was acknowledged",
 }
 _INTERNAL = "the server failed to complete the request; nothing was acknowledged"

@@ -13,6 +13,7 @@ from .errors import (
     InvalidTopic,
     SchemaError,
     StorageError,
+    StorageFull,
     ValidationError,
 )
 from .hub import EventHub
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidTopic",
     "SchemaError",
     "StorageError",
+    "StorageFull",
     "TopicInfo",
     "ValidationError",
 ]

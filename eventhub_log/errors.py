@@ -56,6 +56,12 @@ class DatabaseUnavailable(StorageError):
     """The database cannot be reached right now; retry later."""
 
 
+class StorageFull(DatabaseUnavailable):
+    """The database has no space left (its disk, or a size limit it was given);
+    the transaction was rolled back and nothing was written. Retry once space is
+    freed: the hub needs no restart."""
+
+
 class Overloaded(DatabaseUnavailable):
     """Too many publishes are waiting for the database (the writer's queue is
     full); nothing was queued. Retry later."""

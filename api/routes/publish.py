@@ -35,7 +35,7 @@ _IDEMPOTENCY_KEY = {
 _TOPIC = {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "a retry: the stored result of the first request"},
-    **errors(400, 401, 403, 409, 413, 415, 422, 503),
+    **errors(400, 401, 403, 409, 413, 415, 422, 503, 507),
 }
 
 

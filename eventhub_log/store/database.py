@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -12,7 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import DatabaseUnavailable, EventHubError, StorageError
+from ..errors import DatabaseUnavailable, EventHubError, StorageError, StorageFull
 from . import postgresql, sqlite
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///eventhub.db"
@@ -111,8 +112,12 @@ def translate_errors() -> Iterator[None]:
         # Every pooled connection stayed busy for ``pool_timeout``: come back later.
         raise DatabaseUnavailable("database busy: no connection free in the pool") from exc
     except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError) as exc:
+        if is_storage_full(exc):
+            raise StorageFull(f"no space left: {_first_line(exc)}") from exc
         raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
     except sa_exc.DBAPIError as exc:
+        if is_storage_full(exc):
+            raise StorageFull(f"no space left: {_first_line(exc)}") from exc
         if exc.connection_invalidated:
             raise DatabaseUnavailable(f"database connection lost: {_first_line(exc)}") from exc
         if _is_unavailable(getattr(exc.orig, "sqlstate", None)) or _broken_driver_state(exc):
@@ -120,6 +125,18 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(f"database error: {_first_line(exc)}") from exc
     except sa_exc.SQLAlchemyError as exc:
         raise StorageError(f"database error: {_first_line(exc)}") from exc
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """The database ran out of space: SQLite's SQLITE_FULL (its disk, or a
+    ``max_page_count``), PostgreSQL's ``disk_full`` (53100), or ENOSPC. SQLite has
+    rolled the statement back, and the hub's own transaction around it goes too."""
+    seen: BaseException = getattr(exc, "orig", None) or exc
+    if isinstance(seen, OSError):
+        return seen.errno == errno.ENOSPC
+    if getattr(seen, "sqlstate", None) == "53100":
+        return True
+    return sqlite.is_full(seen)
 
 
 def _is_unavailable(sqlstate: object) -> bool:

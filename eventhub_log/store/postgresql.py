@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
 from ..chain import canonical_payload, envelope
-from ..errors import DatabaseUnavailable, StorageError
+from ..errors import DatabaseUnavailable, StorageError, StorageFull
 from ..model import Event, PendingEvent, format_timestamp
 from .tables import subscriptions, topics
 
@@ -178,6 +178,8 @@ async def append_batch(
         await conn.invalidate(exc)  # the pool must not lend this connection again
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
     except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "53100":  # disk_full: rolled back, nothing written
+            raise StorageFull(f"no space left: {exc}") from exc
         if _is_unavailable(exc.sqlstate):
             await conn.invalidate(exc)
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert
 
 from ..chain import GENESIS
-from ..errors import DatabaseUnavailable, StorageError
+from ..errors import DatabaseUnavailable, StorageError, StorageFull
 from ..model import Event, PendingEvent
 from .queries import number_events
 from .tables import events, subscriptions, topics
@@ -62,6 +62,17 @@ def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) ->
     def _on_begin(connection: Connection) -> None:
         write = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+_SQLITE_FULL = 13
+
+
+def is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL ("database or disk is full"): the disk, or ``max_page_count``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == _SQLITE_FULL
+    return isinstance(exc, sqlite3.Error) and "database or disk is full" in str(exc)
 
 
 def _is_memory(engine: AsyncEngine) -> bool:
@@ -160,6 +171,8 @@ async def append_batch(
     try:
         stored: list[Event] = await run(_append_on_thread, db, pending, now, encode_time(now))
     except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+        if is_full(exc):
+            raise StorageFull(f"no space left: {exc}") from exc
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
     except sqlite3.Error as exc:
         raise StorageError(f"database error: {exc}") from exc
