@@ -109,10 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth = auth_from_settings(settings)
+    app.state.audit_key = audit.audit_key_from_settings(settings)
     app.state.connections = ConnectionLimiter(settings.max_connections_per_client)
     errors.install(app)
     for module in (publish, history, audit, topics, subscriptions, stream, ws, metrics, health):
         app.include_router(module.router)
+    app.include_router(audit.keys_router)
     app.include_router(console_page.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.body_limit)
     if settings.cors_origin_list:

@@ -144,3 +144,16 @@ class VerificationOut(BaseModel):
     through_seq: int = Field(description="the last event whose hash held")
     head_hash: str = Field(description="that event's hash (the anchor when none held)")
     first_bad_seq: int | None = Field(description="where the chain broke; null when ok")
+
+
+class CheckpointOut(BaseModel):
+    """Contract section 8; docs/audit.md says how to check one offline."""
+
+    topic: str
+    seq: int = Field(description="the topic's last event")
+    hash: str = Field(description="that event's hash")
+    signed_at: str = Field(description="RFC 3339 UTC, signed exactly as this text")
+    signature: str = Field(
+        description='base64 Ed25519 signature of "eventhub-log checkpoint v1\\n" + topic + '
+        '"\\n" + seq + "\\n" + hash + "\\n" + signed_at'
+    )

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         default="", description="comma-separated origins allowed by CORS (and WebSocket Origin)"
     )
+    # Contract section 8.
+    audit_key: str | None = Field(
+        default=None, description="path of the Ed25519 private key (PEM) signing checkpoints"
+    )
 
     @field_validator("cors_origins")
     @classmethod

@@ -11,7 +11,7 @@ where events end before the topic's ``last_seq`` (a truncated tail).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,15 +65,21 @@ class Verification:
         return asdict(self)
 
 
-async def verify_topic(database: Database, topic: str, *, page: int = PAGE) -> Verification | None:
-    """Recompute ``topic``'s chain a page at a time; ``None`` for an unknown topic."""
+Progress = Callable[[int], object]
+
+
+async def verify_topic(
+    database: Database, topic: str, *, page: int = PAGE, progress: Progress | None = None
+) -> Verification | None:
+    """Recompute ``topic``'s chain a page at a time; ``None`` for an unknown topic.
+    ``progress`` is told how many events each page checked."""
     for _ in range(_ATTEMPTS):
         async with database.read() as conn:
             state = await queries.chain_state(conn, topic)
         if state is None:
             return None
         last_seq, pruned_through, anchor = state
-        result = await _verify(database, topic, last_seq, pruned_through, anchor, page)
+        result = await _verify(database, topic, last_seq, pruned_through, anchor, page, progress)
         if result.ok:
             return result
         async with database.read() as conn:
@@ -84,7 +90,7 @@ async def verify_topic(database: Database, topic: str, *, page: int = PAGE) -> V
 
 
 async def verify_topics(
-    database: Database, topics: Collection[str] | None = None
+    database: Database, topics: Collection[str] | None = None, *, progress: Progress | None = None
 ) -> AsyncIterator[tuple[str, Verification | None]]:
     """Each topic named (or every topic, in name order) and its verification."""
     if topics is None:
@@ -93,11 +99,17 @@ async def verify_topics(
     else:
         names = list(topics)
     for name in names:
-        yield name, await verify_topic(database, name)
+        yield name, await verify_topic(database, name, progress=progress)
 
 
 async def _verify(
-    database: Database, topic: str, last_seq: int, pruned_through: int, anchor: str, page: int
+    database: Database,
+    topic: str,
+    last_seq: int,
+    pruned_through: int,
+    anchor: str,
+    page: int,
+    progress: Progress | None,
 ) -> Verification:
     prev, through = anchor, pruned_through
 
@@ -118,6 +130,8 @@ async def _verify(
             if event.hash != expected:
                 return broken(event.seq)
             prev, through = expected, event.seq
+        if progress is not None:
+            progress(len(rows))
     return Verification(topic, True, pruned_through + 1, through, prev, None)
 
 
