@@ -38,7 +38,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "eventhub_log.cli",
+                "api.cli",
                 "serve",
                 "--port",
                 str(self.port),

@@ -5,12 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
 import pytest
 
-from eventhub_log.cli import is_loopback
+from api.cli import is_loopback
 
 from .server import Server
 
@@ -31,12 +32,13 @@ def test_unknown_route_uses_error_body(server: Server) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
+# The installed command (pip install -e . writes it from [project.scripts]).
+EVENTHUB_LOG = str(Path(sys.executable).parent / "eventhub-log")
+
+
 def test_serve_with_no_options_uses_sqlite_in_working_directory(tmp_path: Path) -> None:
     port = Server("unused").port
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eventhub_log.cli", "serve", "--port", str(port)],
-        cwd=tmp_path,
-    )
+    process = subprocess.Popen([EVENTHUB_LOG, "serve", "--port", str(port)], cwd=tmp_path)
     try:
         probe = Server("unused", port=port, process=process)
         for _ in range(200):
@@ -65,6 +67,27 @@ def test_migrate_command(tmp_path: Path) -> None:
     assert "schema at revision" in result.stdout
 
 
+def test_one_command_has_serve_and_the_library_commands() -> None:
+    (script,) = entry_points(group="console_scripts", name="eventhub-log")
+    # The app's module: the library never names the API (tests/test_layering.py).
+    assert script.value == "api.cli:main", "stale install: run scripts/setup"
+    result = subprocess.run([EVENTHUB_LOG, "--help"], capture_output=True, text=True, check=True)
+    for command in ("serve", "migrate", "tail", "token", "publish", "export", "prune", "verify"):
+        assert command in result.stdout
+
+
+def test_the_library_alone_says_where_serve_is(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eventhub_log.cli", "serve"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "not the library's: run the installed eventhub-log command" in result.stderr
+
+
 # Contract section 6: an open hub binds loopback only --------------------------
 
 SECRET = "k" * 32
@@ -83,7 +106,7 @@ def serve_env(**extra: str) -> dict[str, str]:
 def refused_serve(tmp_path: Path, *args: str, **env: str) -> str:
     """``serve`` that must exit 2 before binding anything; its one-line message."""
     result = subprocess.run(
-        [sys.executable, "-m", "eventhub_log.cli", "serve", "--port", "1", *args],
+        [sys.executable, "-m", "api.cli", "serve", "--port", "1", *args],
         capture_output=True,
         text=True,
         env=serve_env(**env),
