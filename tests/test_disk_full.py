@@ -18,9 +18,11 @@ server keeps running. What a client must see:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -280,5 +282,11 @@ def test_disk_full_refuses_cleanly_and_recovers(small_disk: SmallDisk) -> None:
                 assert seqs == list(range(1, len(seqs) + 1))
             ready = client.get("/readyz")
             assert ready.status_code == 200, ready.text
+        server.stop()
     finally:
         server.kill()
+    # What the failed commits left in the WAL did not damage the database.
+    with contextlib.closing(sqlite3.connect(small_disk.directory / "eventhub.db")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        total = sum(last.values()) + len(TOPICS) * 2 + 2
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (total,)
