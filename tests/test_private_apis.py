@@ -21,6 +21,8 @@ The uses, and what breaks without them:
 - uvicorn's SIGTERM handler is ``Server.handle_exit``, a bound method, and
   ``Server.should_exit``: api/sse.py and api/channels.py ``_server_exiting`` end
   endless streams on shutdown; without it shutdown waits for the graceful timeout.
+- uvicorn's internal ``HttpToolsProtocol`` (its httptools callbacks): api/http_protocol.py
+  subclasses it to put a deadline on request headers.
 - ``argparse._SubParsersAction``: the type the CLI modules annotate subcommands with.
 """
 
@@ -231,3 +233,63 @@ def test_argparse_subparsers_action_is_the_annotated_type() -> None:
         "the type annotations of the eventhub_log/cli*.py command builders",
         "Annotate with the type add_subparsers() now returns.",
     )
+
+
+UVICORN_PROTOCOL = broken(
+    "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol, its httptools "
+    "callbacks on_message_begin / on_headers_complete and its loop / transport",
+    "api/http_protocol.py HeaderDeadlineProtocol, the deadline on request headers",
+    "Re-hook the deadline on uvicorn's new protocol class (tests/test_limits.py "
+    "test_trickled_request_headers_are_cut_off is the behaviour to keep).",
+)
+
+
+async def test_the_header_deadline_hooks_uvicorns_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from api import http_protocol
+
+    monkeypatch.setattr(http_protocol, "header_timeout", lambda: 0.3)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(app, http=http_protocol.HeaderDeadlineProtocol, log_level="error")
+    config.load()
+    loop = asyncio.get_running_loop()
+
+    async def connect() -> tuple[http_protocol.HeaderDeadlineProtocol, socket.socket]:
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        protocol = http_protocol.HeaderDeadlineProtocol(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        await loop.connect_accepted_socket(lambda: protocol, ours)
+        return protocol, theirs
+
+    async def read(client: socket.socket, wait: float) -> bytes:
+        try:
+            return await asyncio.wait_for(loop.sock_recv(client, 4096), wait)
+        except TimeoutError:
+            return b""
+
+    # Complete headers disarm the deadline: the answer comes, and no 408 after it.
+    protocol, client = await connect()
+    assert protocol._deadline is not None, UVICORN_PROTOCOL  # armed by connection_made
+    await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read(client, 5)).startswith(b"HTTP/1.1 204"), UVICORN_PROTOCOL
+    assert protocol._deadline is None, UVICORN_PROTOCOL
+    assert await read(client, 0.6) == b"", UVICORN_PROTOCOL
+    client.close()
+
+    # Headers that never end: cut off at the deadline.
+    protocol, client = await connect()
+    await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert (await read(client, 5)).startswith(b"HTTP/1.1 408"), UVICORN_PROTOCOL
+    client.close()
