@@ -21,7 +21,7 @@ from .grouped_writes import GroupedWrites
 from .idempotency import purge_expired, request_hash, validate_key
 from .log import WRITE_QUEUE_BYTES, WRITE_QUEUE_EVENTS, GroupCommitWriter
 from .migrations import ensure_schema
-from .model import Event, Gap, HistoryPage, PendingEvent, TopicInfo, parse_cursor
+from .model import Event, Gap, HistoryPage, PendingEvent, TopicInfo, new_pending, parse_cursor
 from .notify import Notifier, PollingNotifier
 from .notify.postgres import PostgresNotifier, asyncpg_dsn, track_backends
 from .retention import gaps as retention_gaps
@@ -843,12 +843,12 @@ def _pending(
     """``publisher`` is already validated: a batch checks it once, not per event."""
     topic = validate_topic(topic)
     stored, canonical = encode_for_log(payload)
-    return PendingEvent(
-        topic=topic,
-        payload_json=stored,
-        exclude_id=validate_exclude(exclude_id),
-        publisher=publisher,
-        payload_canonical=canonical,
+    return new_pending(
+        topic,
+        stored,
+        None if exclude_id is None else validate_exclude(exclude_id),
+        publisher,
+        canonical,
     )
 
 

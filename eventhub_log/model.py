@@ -86,6 +86,55 @@ class PendingEvent:
     payload_canonical: str | None = None
 
 
+# Fast constructors for the append path. A frozen dataclass's ``__init__`` sets
+# each field through ``object.__setattr__``: about 2.7 us for an ``Event``
+# against 1.1 us for these, paid for every event the writer appends (tests check
+# they make instances equal to the classes' own, field for field).
+_new = object.__new__
+
+
+def new_event(
+    topic: str,
+    seq: int,
+    position: int,
+    published_at: datetime,
+    payload_json: str,
+    exclude_id: str | None,
+    publisher: str | None,
+    hash: str | None,
+) -> Event:
+    """``Event(topic, seq, ...)``, the same instance, built without ``__init__``."""
+    event = _new(Event)
+    fields = event.__dict__
+    fields["topic"] = topic
+    fields["seq"] = seq
+    fields["position"] = position
+    fields["published_at"] = published_at
+    fields["payload_json"] = payload_json
+    fields["exclude_id"] = exclude_id
+    fields["publisher"] = publisher
+    fields["hash"] = hash
+    return event
+
+
+def new_pending(
+    topic: str,
+    payload_json: str,
+    exclude_id: str | None,
+    publisher: str | None,
+    payload_canonical: str | None,
+) -> PendingEvent:
+    """``PendingEvent(topic, ...)``, the same instance, built without ``__init__``."""
+    pending = _new(PendingEvent)
+    fields = pending.__dict__
+    fields["topic"] = topic
+    fields["payload_json"] = payload_json
+    fields["exclude_id"] = exclude_id
+    fields["publisher"] = publisher
+    fields["payload_canonical"] = payload_canonical
+    return pending
+
+
 @dataclass(frozen=True)
 class SubscriptionChange:
     """A subscribe (``added``) or unsubscribe made through the hub; ``topic`` None

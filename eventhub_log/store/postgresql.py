@@ -14,7 +14,7 @@ from sqlalchemy.sql import Insert
 
 from ..chain import canonical_payload, envelope
 from ..errors import DatabaseUnavailable, StorageError, StorageFull
-from ..model import Event, PendingEvent, format_timestamp
+from ..model import Event, PendingEvent, format_timestamp, new_event
 from .tables import subscriptions, topics
 
 # LISTEN/NOTIFY channels (notify/postgres.py listens). Every write transaction
@@ -185,7 +185,7 @@ async def append_batch(
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         raise StorageError(f"database error: {exc}") from exc
     return [
-        Event(
+        new_event(
             item.topic,
             seq,
             position,

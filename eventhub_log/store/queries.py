@@ -12,7 +12,14 @@ from sqlalchemy import and_, bindparam, delete, func, not_, or_, select, tuple_,
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..chain import GENESIS, canonical_payload, link
-from ..model import Event, PendingEvent, SubscriptionChange, TopicInfo, format_timestamp
+from ..model import (
+    Event,
+    PendingEvent,
+    SubscriptionChange,
+    TopicInfo,
+    format_timestamp,
+    new_event,
+)
 from .tables import events, instances, log_head, subscription_changes, subscriptions, topics
 
 _EVENT_COLUMNS = (
@@ -134,7 +141,7 @@ def number_events(
             heads[topic], topic, seq, published_at, item.exclude_id, item.publisher, canonical
         )
         stored.append(
-            Event(
+            new_event(
                 topic,
                 seq,
                 position,

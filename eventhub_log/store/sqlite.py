@@ -11,7 +11,6 @@ run beside the writer under WAL.
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -140,16 +139,65 @@ def subscription_refresh(rows: list[dict[str, Any]]) -> Insert:
 # that thread: the same statements on the same pooled connection, one round trip.
 
 _BUMP_HEAD = "UPDATE log_head SET position = position + ? WHERE id = 1 RETURNING position"
-_BUMP_TOPIC = (
-    "INSERT INTO topics (topic, last_seq, created_at, last_published_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (topic) DO UPDATE SET last_seq = topics.last_seq + excluded.last_seq, "
-    "last_published_at = excluded.last_published_at RETURNING last_seq, last_hash"
+# The batch's topics are read, numbered in Python and written back with their new
+# head hash by one statement executed with the list: one upsert RETURNING per
+# topic and then an update of its hash per topic cost 2 statements a topic. The
+# transaction holds SQLite's write lock from its BEGIN IMMEDIATE, so what is read
+# is what the upsert overwrites.
+_TOPICS_READ_MAX = 500  # parameters a read, well below any SQLite's limit
+_UPSERT_TOPICS = (
+    "INSERT INTO topics (topic, last_seq, created_at, last_published_at, last_hash) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic) DO UPDATE SET last_seq = excluded.last_seq, "
+    "last_published_at = excluded.last_published_at, last_hash = excluded.last_hash"
 )
-_INSERT_EVENTS = (
-    "INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_SET_HEAD_HASH = "UPDATE topics SET last_hash = ? WHERE topic = ?"
+_READ_TOPICS: dict[int, str] = {}
+
+
+def _read_topics(count: int) -> str:
+    sql = _READ_TOPICS.get(count)
+    if sql is None:
+        marks = ", ".join("?" * count)
+        sql = _READ_TOPICS[count] = (
+            f"SELECT topic, last_seq, last_hash FROM topics WHERE topic IN ({marks})"
+        )
+    return sql
+
+
+# The events insert by which of exclude_id and publisher the batch carries: pysqlite
+# binds a None only after two failed attribute look-ups on its way to NULL (a
+# formatted AttributeError each), so columns that are NULL for every event of the
+# batch are left to their default, NULL, instead of bound. Rows stay in position
+# order, so the table is written in the same order as with the full insert.
+_INSERT_EVENTS = {
+    (True, True): "INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, "
+    "published_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    (True, False): "INSERT INTO events (topic, seq, position, payload, exclude_id, "
+    "published_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    (False, True): "INSERT INTO events (topic, seq, position, payload, publisher, "
+    "published_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    (False, False): "INSERT INTO events (topic, seq, position, payload, published_at, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?)",
+}
+
+
+def _event_rows(
+    stored: list[Event], stamp: object, excludes: bool, publishers: bool
+) -> list[tuple[Any, ...]]:
+    if excludes and publishers:
+        return [
+            (e.topic, e.seq, e.position, e.payload_json, e.exclude_id, e.publisher, stamp, e.hash)
+            for e in stored
+        ]
+    if excludes:
+        return [
+            (e.topic, e.seq, e.position, e.payload_json, e.exclude_id, stamp, e.hash)
+            for e in stored
+        ]
+    if publishers:
+        return [
+            (e.topic, e.seq, e.position, e.payload_json, e.publisher, stamp, e.hash) for e in stored
+        ]
+    return [(e.topic, e.seq, e.position, e.payload_json, stamp, e.hash) for e in stored]
 
 
 async def append_batch(
@@ -166,10 +214,8 @@ async def append_batch(
     db = getattr(driver, "_connection", None)
     if run is None or not isinstance(db, sqlite3.Connection):
         return None
-    encode_time = events.c.published_at.type.bind_processor(conn.dialect)
-    assert encode_time is not None
     try:
-        stored: list[Event] = await run(_append_on_thread, db, pending, now, encode_time(now))
+        stored: list[Event] = await run(_append_on_thread, db, pending, now, _stamp(conn, now))
     except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
         if is_full(exc):
             raise StorageFull(f"no space left: {exc}") from exc
@@ -179,37 +225,71 @@ async def append_batch(
     return stored
 
 
+def _stamp(conn: AsyncConnection, now: datetime) -> object:
+    """``now`` as the driver stores it: the column type's bind value, adapted once.
+
+    The column type hands pysqlite a naive ``datetime``, which pysqlite turns into
+    text with its registered adapter for every row and statement it is bound to
+    (``isoformat(" ")``, after two failed attribute look-ups): a fifth of the
+    driver thread's work per event. The events of a batch share the moment, so the
+    same adapter is applied once here and its text bound instead: the same bytes
+    stored. A value with no registered adapter goes as it is, as it did."""
+    value = _encode_time(conn.dialect)(now)
+    adapt = sqlite3.adapters.get((type(value), sqlite3.PrepareProtocol))
+    return value if adapt is None else adapt(value)
+
+
+_BIND_TIME: dict[object, Any] = {}
+
+
+def _encode_time(dialect: Any) -> Any:
+    encode = _BIND_TIME.get(dialect)
+    if encode is None:
+        encode = events.c.published_at.type.bind_processor(dialect)
+        assert encode is not None
+        _BIND_TIME.clear()  # one dialect per engine: keep the last only
+        _BIND_TIME[dialect] = encode
+    return encode
+
+
 def _append_on_thread(
-    db: sqlite3.Connection, pending: Sequence[PendingEvent], now: datetime, now_text: str
+    db: sqlite3.Connection, pending: Sequence[PendingEvent], now: datetime, now_text: object
 ) -> list[Event]:
+    counts: dict[str, int] = {}
+    excludes = publishers = False
+    for item in pending:
+        counts[item.topic] = counts.get(item.topic, 0) + 1
+        if item.exclude_id is not None:
+            excludes = True
+        if item.publisher is not None:
+            publishers = True
+    names = list(counts)
     db.execute("BEGIN IMMEDIATE")
     try:
         ((head,),) = db.execute(_BUMP_HEAD, (len(pending),)).fetchall()
+        found: dict[str, tuple[int, str | None]] = {}
+        for start in range(0, len(names), _TOPICS_READ_MAX):
+            chunk = names[start : start + _TOPICS_READ_MAX]
+            for topic, last_seq, last_hash in db.execute(_read_topics(len(chunk)), chunk):
+                found[topic] = (last_seq, last_hash)
         last_seqs: dict[str, int] = {}
         heads: dict[str, str] = {}
-        for topic, count in Counter(item.topic for item in pending).items():
-            ((last_seqs[topic], last_hash),) = db.execute(
-                _BUMP_TOPIC, (topic, count, now_text, now_text)
-            ).fetchall()
+        for topic, count in counts.items():
+            last_seq, last_hash = found.get(topic, (0, None))
+            last_seqs[topic] = last_seq + count
             heads[topic] = last_hash or GENESIS
         stored = number_events(pending, head, last_seqs, now, heads)
         db.executemany(
-            _INSERT_EVENTS,
+            _INSERT_EVENTS[excludes, publishers],
+            _event_rows(stored, now_text, excludes, publishers),
+        )
+        db.executemany(
+            _UPSERT_TOPICS,
             [
-                (
-                    e.topic,
-                    e.seq,
-                    e.position,
-                    e.payload_json,
-                    e.exclude_id,
-                    e.publisher,
-                    now_text,
-                    e.hash,
-                )
-                for e in stored
+                (topic, last_seqs[topic], now_text, now_text, digest)
+                for topic, digest in heads.items()
             ],
         )
-        db.executemany(_SET_HEAD_HASH, [(digest, topic) for topic, digest in heads.items()])
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
