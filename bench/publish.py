@@ -21,12 +21,18 @@ schema, starting the hub) is not timed.
 With ``--database-url postgresql+asyncpg://...`` only the two EventHub cases
 run, against that database (which must be empty or disposable: the events go
 into the log for good).
+
+``--chain-compare`` also runs each EventHub case with the hash chain switched
+off by ``chain_off()``, a measurement aid of this benchmark only (the library
+has no such switch), interleaved with the real cases, and prints the chain's
+cost as the ratio of the two in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -34,14 +40,15 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 
-from eventhub_log import EventHub
+from eventhub_log import EventHub, validation
+from eventhub_log.store import postgresql, queries
 
 TOPICS = [f"room:{n}" for n in range(10)]
 SYNCHRONOUS = "FULL"  # EventHub's default ``sqlite_synchronous``
@@ -135,6 +142,82 @@ async def hub_publishers(url: str, tasks: int, seconds: float) -> tuple[int, flo
         return sum(counts), time.perf_counter() - started
 
 
+# MEASUREMENT AID: the hub with its hash chain switched off ----------------------
+#
+# Only for measuring what the chain costs, in the same run as the real thing: the
+# library has no way to append without the chain, and must not have one. Inside
+# ``chain_off()`` validation makes no canonical text and the writer links nothing
+# (every event gets the same placeholder hash; on SQLite the topics' head hash is
+# still written, a column of the topics upsert the append makes anyway), and
+# PostgreSQL runs the single-statement append of before the chain (no sha256, no
+# head update). The databases written with it hold no valid chain: throw them away.
+
+# The pre-chain PostgreSQL append (store/postgresql.py before revision 0006), with
+# the placeholder hash and the chained statement's parameters and result columns.
+_UNCHAINED_APPEND = f"""
+WITH input AS (
+    SELECT topic, payload, exclude_id, publisher, ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        WITH ORDINALITY AS i(topic, payload, exclude_id, publisher, ord)
+), unused AS (
+    SELECT cardinality($5::bytea[]) + cardinality($6::bytea[]) + length($8::text)
+), n AS (
+    SELECT cardinality($1::text[]) AS n
+), head AS (
+    UPDATE log_head SET position = position + (SELECT n FROM n) WHERE id = 1 RETURNING position
+), counts AS (
+    SELECT topic, count(*) AS n FROM input GROUP BY topic
+), bumped AS (
+    INSERT INTO topics AS t (topic, last_seq, created_at, last_published_at)
+    SELECT c.topic, c.n, $7::timestamp, $7::timestamp FROM counts c CROSS JOIN head
+    ON CONFLICT (topic) DO UPDATE
+        SET last_seq = t.last_seq + excluded.last_seq,
+            last_published_at = excluded.last_published_at
+    RETURNING t.topic, t.last_seq
+), notified AS (
+    SELECT pg_notify('{postgresql.EVENTS_CHANNEL}', position::text) FROM head
+), inserted AS (
+    INSERT INTO events (topic, seq, position, payload, exclude_id, publisher, published_at, hash)
+    SELECT i.topic,
+           b.last_seq - c.n + row_number() OVER (PARTITION BY i.topic ORDER BY i.ord),
+           h.position - (SELECT n FROM n) + i.ord, i.payload, i.exclude_id, i.publisher,
+           $7::timestamp, '{RAW_HASH}'
+    FROM input i
+        JOIN bumped b ON b.topic = i.topic
+        JOIN counts c ON c.topic = i.topic
+        CROSS JOIN head h
+        CROSS JOIN notified
+    RETURNING seq, hash, position
+)
+SELECT seq AS out_seq, hash AS out_hash, position AS out_position
+FROM inserted ORDER BY position
+"""
+
+
+@contextlib.contextmanager
+def chain_off() -> Iterator[None]:
+    """MEASUREMENT AID: the hub as it was before the hash chain (see above)."""
+    replacements: list[tuple[object, str, object]] = [
+        (validation, "_encode_sorted", lambda payload: ""),
+        (queries, "link", lambda *args: RAW_HASH),
+        (postgresql, "envelope", lambda *args: ("", "")),
+        (postgresql, "_APPEND", _UNCHAINED_APPEND),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in replacements]
+    for module, name, value in replacements:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+async def unchained(measure: Callable[[], Awaitable[tuple[int, float]]]) -> tuple[int, float]:
+    with chain_off():
+        return await measure()
+
+
 # Running ---------------------------------------------------------------------
 
 
@@ -156,32 +239,62 @@ class Tally:
         return Result(self.case, self.events, self.seconds, self.baseline)
 
 
-async def sqlite_cases(seconds: float, rounds: int) -> list[Result]:
+CHAIN_OFF = " (chain off: measurement aid)"
+
+
+async def sqlite_cases(seconds: float, rounds: int, chain_compare: bool) -> list[Result]:
     """Each round runs every case once, each on a fresh file; a hub case runs right
-    after its raw baseline, so both see the same machine (other load, disk cache)."""
+    after its raw baseline, so both see the same machine (other load, disk cache);
+    with ``chain_compare`` the chain-off case right after the real one."""
     raw_one = Tally("raw aiosqlite, 1 row a commit")
     hub_one = Tally("EventHub, 1 task awaiting each publish", raw_one.case)
+    hub_one_off = Tally(hub_one.case + CHAIN_OFF, raw_one.case)
     raw_batch = Tally(f"raw aiosqlite, {RAW_BATCH} rows a commit")
     hub_batch = Tally(f"EventHub, {PUBLISHERS} concurrent publishers", raw_batch.case)
+    hub_batch_off = Tally(hub_batch.case + CHAIN_OFF, raw_batch.case)
     with tempfile.TemporaryDirectory(prefix="eventhub-bench-") as tmp:
-        files = (Path(tmp) / f"{n}.db" for n in range(4 * rounds))
+        files = (Path(tmp) / f"{n}.db" for n in range(6 * rounds))
         for _ in range(rounds):
             await raw_one.run(lambda: raw_sqlite(next(files), 1, seconds))
             await hub_one.run(lambda: hub_publishers(sqlite_url(next(files)), 1, seconds))
+            if chain_compare:
+                await hub_one_off.run(
+                    lambda: unchained(lambda: hub_publishers(sqlite_url(next(files)), 1, seconds))
+                )
             await raw_batch.run(lambda: raw_sqlite(next(files), RAW_BATCH, seconds))
             await hub_batch.run(
                 lambda: hub_publishers(sqlite_url(next(files)), PUBLISHERS, seconds)
             )
-    return [tally.result() for tally in (raw_one, raw_batch, hub_one, hub_batch)]
+            if chain_compare:
+                await hub_batch_off.run(
+                    lambda: unchained(
+                        lambda: hub_publishers(sqlite_url(next(files)), PUBLISHERS, seconds)
+                    )
+                )
+    tallies = [raw_one, raw_batch, hub_one, hub_batch]
+    if chain_compare:
+        tallies += [hub_one_off, hub_batch_off]
+    return [tally.result() for tally in tallies]
 
 
-async def url_cases(url: str, seconds: float, rounds: int) -> list[Result]:
+async def url_cases(url: str, seconds: float, rounds: int, chain_compare: bool) -> list[Result]:
     hub_one = Tally("EventHub, 1 task awaiting each publish")
+    hub_one_off = Tally(hub_one.case + CHAIN_OFF)
     hub_batch = Tally(f"EventHub, {PUBLISHERS} concurrent publishers")
+    hub_batch_off = Tally(hub_batch.case + CHAIN_OFF)
     for _ in range(rounds):
         await hub_one.run(lambda: hub_publishers(url, 1, seconds))
+        if chain_compare:
+            await hub_one_off.run(lambda: unchained(lambda: hub_publishers(url, 1, seconds)))
         await hub_batch.run(lambda: hub_publishers(url, PUBLISHERS, seconds))
-    return [hub_one.result(), hub_batch.result()]
+        if chain_compare:
+            await hub_batch_off.run(
+                lambda: unchained(lambda: hub_publishers(url, PUBLISHERS, seconds))
+            )
+    tallies = [hub_one, hub_batch]
+    if chain_compare:
+        tallies += [hub_one_off, hub_batch_off]
+    return [tally.result() for tally in tallies]
 
 
 def sqlite_url(path: Path) -> str:
@@ -200,6 +313,19 @@ def table(results: list[Result]) -> str:
             f"| {result.case} | {result.events:,} | {result.seconds:.2f} "
             f"| {result.rate:,.0f} | {share} |"
         )
+    chained = [r for r in results if r.case + CHAIN_OFF in rates]
+    if chained:
+        lines += [
+            "",
+            "| hash chain | on, events/s | off, events/s | on / off | chain's cost |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for result in chained:
+            off = rates[result.case + CHAIN_OFF]
+            lines.append(
+                f"| {result.case} | {result.rate:,.0f} | {off:,.0f} "
+                f"| {100 * result.rate / off:.0f}% | {100 * (1 - result.rate / off):.1f}% |"
+            )
     return "\n".join(lines)
 
 
@@ -222,17 +348,25 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url",
         help="run the EventHub cases against this database instead of fresh SQLite files",
     )
+    parser.add_argument(
+        "--chain-compare",
+        action="store_true",
+        help="also run each EventHub case with the hash chain off (a measurement aid)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 60 or not 1 <= args.rounds <= 20:
         parser.error("--seconds must be in (0, 60] and --rounds in [1, 20]")
     if args.database_url:
-        results = asyncio.run(url_cases(args.database_url, args.seconds, args.rounds))
+        results = asyncio.run(
+            url_cases(args.database_url, args.seconds, args.rounds, args.chain_compare)
+        )
     else:
-        results = asyncio.run(sqlite_cases(args.seconds, args.rounds))
+        results = asyncio.run(sqlite_cases(args.seconds, args.rounds, args.chain_compare))
     print(table(results))
     if not args.database_url:
         print()
         print(setting())
+    print(f"Load average at the end: {os.getloadavg()[0]:.2f}.")
     return 0
 
 
