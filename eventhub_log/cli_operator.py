@@ -6,16 +6,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ValidationError
 from .export import CSV_HEADER, csv_row, ndjson_line
 from .hub import EventHub
 from .model import Event
+from .progress import progress_bar, wanted
 from .retention import parse_duration, prune
+from .store import queries
 from .timeutil import parse_rfc3339
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -49,6 +55,12 @@ def add_operator_commands(
         history.add_argument("--limit", type=int, metavar="N", help="at most N events")
         history.add_argument("--order", choices=["asc", "desc"], default="asc")
         history.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
+        history.add_argument(
+            "--output",
+            metavar="FILE",
+            help="write to FILE instead of stdout: to a temporary name beside it, renamed "
+            "to FILE once complete (a failed export leaves no partial file)",
+        )
         database_option(history)
 
     retention = commands.add_parser(
@@ -100,25 +112,87 @@ async def _history(args: argparse.Namespace) -> int:
 async def _write_history(
     hub: EventHub, args: argparse.Namespace, since: datetime | None, until: datetime | None
 ) -> int:
+    # A bar on a terminal, unless the events themselves are printed to it.
+    show = wanted(output_is_terminal=args.output is None and _is_terminal(sys.stdout))
+    total = await _expected_count(hub, args, since, until) if show else None
     try:
-        write = _writer(sys.stdout, args.format)
-        count = 0
-        async for event in hub.export(
-            args.topic,
-            after_seq=args.after_seq,
-            before_seq=args.before_seq,
-            since=since,
-            until=until,
-            order=args.order,
-        ):
-            write(event)
-            count += 1
-            if args.limit is not None and count >= args.limit:
-                break
-        sys.stdout.flush()
+        with _destination(args.output) as out, progress_bar(total, "export", enabled=show) as bar:
+            write = _writer(out, args.format)
+            count = 0
+            async for event in hub.export(
+                args.topic,
+                after_seq=args.after_seq,
+                before_seq=args.before_seq,
+                since=since,
+                until=until,
+                order=args.order,
+            ):
+                write(event)
+                count += 1
+                if count % 1000 == 0:
+                    bar.update(1000)
+                if args.limit is not None and count >= args.limit:
+                    break
+            bar.update(count % 1000)
+            out.flush()
     except BrokenPipeError:  # `eventhub-log export t | head`: the reader has had enough
         return 0
     return 0
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+async def _expected_count(
+    hub: EventHub, args: argparse.Namespace, since: datetime | None, until: datetime | None
+) -> int | None:
+    """How many events the export will write, for the bar; ``None`` when only
+    reading them would tell (a time range)."""
+    if since is not None or until is not None:
+        return None
+    async with hub.database.read() as conn:
+        state = await queries.chain_state(conn, args.topic)
+    if state is None:
+        return 0
+    last_seq, pruned_through, _anchor = state
+    low = max(pruned_through, args.after_seq or 0)
+    high = last_seq if args.before_seq is None else min(last_seq, args.before_seq - 1)
+    count = max(0, high - low)
+    return count if args.limit is None else min(count, args.limit)
+
+
+@contextmanager
+def _destination(path: str | None) -> Iterator[TextIO]:
+    """Standard output, or a temporary file beside ``path`` that becomes ``path``
+    only when the block completes: a failed or interrupted export leaves the
+    old file (or none) rather than half of a new one."""
+    if path is None:
+        yield sys.stdout
+        return
+    target = Path(path)
+    try:
+        fd, temporary = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+        )
+    except OSError as exc:
+        raise ValidationError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    try:
+        # mkstemp makes it 0600; give it the mode `> FILE` would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with open(fd, "w", encoding="utf-8", newline="") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _writer(out: TextIO, form: str) -> Callable[[Event], object]:

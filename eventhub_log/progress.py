@@ -47,7 +47,5 @@ def progress_bar(total: int | None, what: str, *, enabled: bool | None = None) -
     if not enabled:
         yield Bar(None)
         return
-    with tqdm(
-        total=total, desc=what, unit=" events", unit_scale=True, file=sys.stderr, leave=False
-    ) as bar:
+    with tqdm(total=total, desc=what, unit=" events", file=sys.stderr, leave=False) as bar:
         yield Bar(bar)
