@@ -160,7 +160,7 @@ WITH input AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
         WITH ORDINALITY AS i(topic, payload, exclude_id, publisher, ord)
 ), unused AS (
-    SELECT cardinality($5::bytea[]) + cardinality($6::bytea[]) + length($8::text)
+    SELECT cardinality($5::bytea[]) + cardinality($6::bytea[])
 ), n AS (
     SELECT cardinality($1::text[]) AS n
 ), head AS (
