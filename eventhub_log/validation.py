@@ -101,6 +101,10 @@ def validate_publisher(publisher: object) -> str | None:
         raise InvalidPublisher(
             f"publisher must be 1 to {MAX_PUBLISHER_LENGTH} characters, not {len(publisher)}"
         )
+    if "\x00" in publisher:
+        # PostgreSQL text cannot hold NUL: the commit would fail (a 5xx), and
+        # SQLite would store what PostgreSQL refuses.
+        raise InvalidPublisher("publisher must not contain a NUL character")
     if not publisher.isascii():
         # A lone surrogate (JSON's "\ud800" decodes to one) has no UTF-8 form: the
         # database would refuse it at commit, failing the whole batch it rode in.

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query
 
 from eventhub_log.hub import MAX_HISTORY_LIMIT
+from eventhub_log.validation import validate_topic
 
 from ..auth import IdentityDep, require
 from ..authz import Right
@@ -36,6 +37,10 @@ async def list_topics(
     """In name order. ``subscriber_count`` counts subscription rows, those of open
     streams included. Lists only the topics the token may subscribe to or read the
     history of; ``next`` is the following page, or null on the last one."""
+    if after is not None:
+        # A topic name, as in the ``next`` links: other text (a NUL byte, which
+        # PostgreSQL cannot hold) would reach the query and fail there.
+        validate_topic(after)
     found: list[TopicOut] = []
     cursor, scanned, more = after, 0, True
     while more and len(found) < limit and scanned < _SCAN_BUDGET:
