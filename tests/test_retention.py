@@ -86,12 +86,17 @@ async def test_a_replay_racing_prune_tells_every_gap(hub: EventHub) -> None:
     total *= 2
     delivered: list[int] = []
     gaps: list[Gap] = []
+    # Set once the pruner has removed more than a replay page past the reader, so
+    # the race is certain to happen however the machine schedules the two.
+    overtaken = asyncio.Event()
 
     async def pruner() -> None:
         keep = total
         while keep > 500:
             keep -= 250
             await prune(hub.database, keep=keep, topics=["race"])
+            if keep <= total - 2500:
+                overtaken.set()
             await asyncio.sleep(0.01)
 
     async with hub.stream(["race"], "auditor", from_earliest=True) as feed:
@@ -102,6 +107,8 @@ async def test_a_replay_racing_prune_tells_every_gap(hub: EventHub) -> None:
                     gaps.append(item)
                 else:
                     delivered.append(item.seq)
+                    if len(delivered) == 100:
+                        await asyncio.wait_for(overtaken.wait(), 30)
                     if len(delivered) % 25 == 0:
                         await asyncio.sleep(0.002)  # a reader slower than the pruner
                 if delivered and delivered[-1] == total:
