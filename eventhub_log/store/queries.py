@@ -35,21 +35,8 @@ _EVENT_COLUMNS = (
 
 
 def _event(row: Any) -> Event:
-    # Event is a frozen dataclass, whose __init__ sets each field through
-    # object.__setattr__: a quarter of the cost of turning a replay page into
-    # events. The same fields go straight into the instance's dict.
-    event: Event = object.__new__(Event)
-    event.__dict__.update(
-        topic=row[0],
-        seq=row[1],
-        position=row[2],
-        published_at=row[3],
-        payload_json=row[4],
-        exclude_id=row[5],
-        publisher=row[6],
-        hash=row[7],
-    )
-    return event
+    # The row's columns are _EVENT_COLUMNS, in new_event's order.
+    return new_event(*row)
 
 
 async def append(
