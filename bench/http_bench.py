@@ -59,7 +59,7 @@ from typing import Any
 
 from http_load import LoadResult, PublishResult, publish_flat_out, publish_paced, rest_load
 from http_wire import request_once, use_uvloop
-from sse_readers import catch_up_main, reader_main
+from sse_readers import EAGER_EVERY, catch_up_main, reader_main
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -511,14 +511,19 @@ class Readers:
         streams: int,
         processes: int,
         headers: dict[str, str] | None = None,
+        eager_every: int = EAGER_EVERY,
     ) -> None:
+        """``eager_every``: every how many streams one reads eagerly and is timed
+        (``sse_readers``; 1 times every stream)."""
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.processes = []
         shares = [streams // processes + (i < streams % processes) for i in range(processes)]
         for share in shares:
             parent, child = context.Pipe()
-            process = context.Process(target=reader_main, args=(child, port, path, share, headers))
+            process = context.Process(
+                target=reader_main, args=(child, port, path, share, headers, eager_every)
+            )
             process.start()
             self.pipes.append(parent)
             self.processes.append(process)

@@ -6,11 +6,13 @@ arrived and each one's publish-to-receive latency (the publisher puts its send
 time in the payload; both ends read the same wall clock). A stream that the
 server closes is reopened with ``Last-Event-ID``, as a browser would.
 
-Only every ``EAGER_EVERY``-th stream reads as soon as bytes arrive and records
-latencies; the others are read in bulk every ``LAZY_PERIOD`` seconds and only
-counted. The server's work is the same either way (its writes land in the
-kernel's socket buffers), but the readers spend far less CPU, which matters when
-server and readers share two cores.
+Only every ``EAGER_EVERY``-th stream (``eager_every``, 1 for all of them) reads
+as soon as bytes arrive and records latencies; the others are read in bulk every
+``LAZY_PERIOD`` seconds and only counted. The server's work is the same either
+way (its writes land in the kernel's socket buffers), but the readers spend far
+less CPU, which matters when server and readers share two cores. The pulse adds
+up to ``LAZY_PERIOD`` to what a lazy stream sees, which is why only eager streams
+are timed.
 
 Every stream is opened (and reopened) with the ``headers`` the process was
 given, e.g. ``Authorization: Bearer <token>`` against a hub with auth on.
@@ -102,9 +104,11 @@ class ReaderProcess:
         path: str,
         streams: int,
         headers: dict[str, str] | None = None,
+        eager_every: int = EAGER_EVERY,
     ) -> None:
         self.pipe = pipe
         self.headers = headers
+        self.eager_every = eager_every
         self.port = port
         self.path = path
         self.streams = streams
@@ -120,7 +124,9 @@ class ReaderProcess:
 
     async def run(self) -> None:
         readers = [
-            Reader(self, self.port, self.path, eager=i % EAGER_EVERY == 0, headers=self.headers)
+            Reader(
+                self, self.port, self.path, eager=i % self.eager_every == 0, headers=self.headers
+            )
             for i in range(self.streams)
         ]
         gate = asyncio.Semaphore(32)
@@ -185,11 +191,16 @@ class ReaderProcess:
 
 
 def reader_main(
-    pipe: Connection, port: int, path: str, streams: int, headers: dict[str, str] | None = None
+    pipe: Connection,
+    port: int,
+    path: str,
+    streams: int,
+    headers: dict[str, str] | None = None,
+    eager_every: int = EAGER_EVERY,
 ) -> None:
     """Entry point of a reader process."""
     use_uvloop()
-    asyncio.run(ReaderProcess(pipe, port, path, streams, headers).run())
+    asyncio.run(ReaderProcess(pipe, port, path, streams, headers, eager_every).run())
 
 
 async def catch_up(port: int, path: str, last_event_id: str, expected: int) -> dict[str, Any]:
