@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from typing import Any
 
 from http_bench import (
     AUTH_TOPIC,
+    CLK_TCK,
     FULL,
     CpuWatch,
     Readers,
@@ -76,6 +78,13 @@ KIB_TARGET = 20.0
 PHASE = 1  # the one publishing phase, as sse_readers counts them
 STREAM_PATH = f"/v1/stream?topic={AUTH_TOPIC}"
 PUBLISH_PATH = f"/v1/topics/{AUTH_TOPIC}/events"
+TRACEBACK_NOISE = (
+    "Traceback (most recent call last)",
+    "During handling of the above exception",
+    "The above exception was the direct cause",
+    "+-",  # exception groups
+    "|",
+)
 
 
 @dataclass
@@ -147,6 +156,14 @@ class Run:
         return found
 
 
+def irq_seconds() -> float:
+    """CPU seconds the machine has spent in interrupts and softirqs since boot: the
+    kernel's side of loopback TCP, which no process is charged for, so CpuWatch
+    counts it as other work."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[5]) + int(fields[6])) / CLK_TCK
+
+
 def server_fds(pid: int) -> int:
     """Open descriptors of the server: about the streams it holds, to show progress."""
     with contextlib.suppress(OSError):
@@ -178,19 +195,21 @@ def wait_open(readers: Readers, server_pid: int, limit: float) -> dict[str, Any]
         raise TimeoutError(f"a reader process ended while opening streams: {exc!r}") from exc
 
 
-def noteworthy_log(path: Path, keep: int = 5) -> list[str]:
+def noteworthy_log(path: Path, keep: int = 6) -> list[str]:
     """The server runs at log level warning: every line it wrote is worth a look.
-    The distinct lines, at most ``keep``, each with how often it came."""
+    Traceback frames are left out (their exception line and the log line before
+    them are kept); the distinct lines, at most ``keep``, each with its count."""
     if not path.exists():
         return []
     counts: dict[str, int] = {}
     for line in path.read_text(errors="replace").splitlines():
-        if line.strip():
-            counts[line.strip()[:200]] = counts.get(line.strip()[:200], 0) + 1
+        if not line.strip() or line[0].isspace() or line.startswith(TRACEBACK_NOISE):
+            continue
+        key = line.strip()[:200]
+        counts[key] = counts.get(key, 0) + 1
     ranked = sorted(counts.items(), key=lambda item: -item[1])
-    return [f"{n}x {line}" for line, n in ranked[:keep]] + (
-        [f"... {len(ranked) - keep} more distinct lines"] if len(ranked) > keep else []
-    )
+    more = [f"... {len(ranked) - keep} more distinct lines"] if len(ranked) > keep else []
+    return [f"{n}x {line}" for line, n in ranked[:keep]] + more
 
 
 def measure(run: Run, args: argparse.Namespace, workdir: Path) -> None:
@@ -211,6 +230,9 @@ def measure(run: Run, args: argparse.Namespace, workdir: Path) -> None:
         finally:
             server.stop()
             run.server_log = noteworthy_log(server.log)
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(server.log, args.logs / f"{run.kind}.log")
 
 
 def measure_streams(run: Run, readers: Readers, server: Any, args: argparse.Namespace) -> None:
@@ -232,13 +254,14 @@ def measure_streams(run: Run, readers: Readers, server: Any, args: argparse.Name
         run.failure = "no stream opened"
         return
     wait_for_quiet()
-    watch = CpuWatch(server, readers.cpu)
+    watch, irq0 = CpuWatch(server, readers.cpu), irq_seconds()
     run.published = asyncio.run(
         publish_paced(server.port, PUBLISH_PATH, phase=PHASE, rate=args.rate, seconds=args.seconds)
     )
     log(f"  {run.published.accepted} events accepted; draining")
     run.drain_seconds = drain(readers, PHASE, run.expected, args.drain_limit)
     run.cpu = watch.stop()
+    run.cpu["irq"] = irq_seconds() - irq0
     run.rss_end = server.rss_kib()
     reports = readers.stop()
     latencies = array("d")
@@ -320,6 +343,11 @@ def table(runs: list[Run], args: argparse.Namespace) -> str:
                 f"{1e3 * p.late:.0f} ms behind schedule"
             )
             parts.append(f"{run.timed:,} deliveries timed")
+        if run.cpu:
+            parts.append(
+                f"of the other work, {fmt(run.share('irq'))}% of a core was the kernel's "
+                "interrupts and softirqs (loopback TCP, charged to no process)"
+            )
         if run.rss_end:
             parts.append(f"RSS after publishing {run.rss_end / 1024:.1f} MiB")
         problems = run.problems()
@@ -332,8 +360,10 @@ def table(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-class RunTimeout(Exception):
-    """The whole run took longer than ``--timeout``."""
+class RunTimeout(KeyboardInterrupt):
+    """The whole run took longer than ``--timeout``. A KeyboardInterrupt so that it
+    leaves a running event loop (asyncio logs and drops other exceptions raised in
+    callbacks) and unwinds through every ``finally``, which stops server and readers."""
 
 
 def on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -352,6 +382,7 @@ def main() -> int:
     parser.add_argument("--open-limit", type=float, default=600, help="s to open the streams")
     parser.add_argument("--drain-limit", type=float, default=120, help="s to drain at most")
     parser.add_argument("--timeout", type=float, default=1800, help="s for the whole run")
+    parser.add_argument("--logs", type=Path, help="copy the servers' logs into this directory")
     args = parser.parse_args()
     args.streams = args.streams or (2000 if args.quick else 10_000)
     args.seconds = args.seconds or (8 if args.quick else 20)
