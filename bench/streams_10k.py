@@ -21,11 +21,12 @@ started by ``http_bench.Server``):
    delivery stops progressing); count deliveries against accepted x streams and
    take publish-to-receive percentiles.
 
-Every stream reads as soon as bytes arrive and is timed (``eager_every=1``):
-http_bench's readers time one stream in five and read the others in 50 ms
-pulses, which would add up to 50 ms to what those streams see; at 5 events/s
-timing them all costs the readers little more. Publisher and readers share the
-machine's wall clock.
+By default every stream reads as soon as bytes arrive and is timed
+(``--timed-every 1``): http_bench's readers time one stream in five and read the
+others in 50 ms pulses, which would add up to 50 ms to what those streams see,
+so a p99 over all streams needs them all eager. ``--timed-every 5`` gives
+http_bench's readers (cheaper for the readers, the p99 then over one stream in
+five); the table says which. Publisher and readers share the machine's wall clock.
 
 A stream that failed to open, a publish answered other than 201, or an event
 that did not reach every stream is printed and makes the command exit 1; so does
@@ -102,13 +103,16 @@ class Run:
     rss_end: int = 0
     published: PublishResult | None = None
     delivered: int = 0
-    timed: int = 0  # deliveries with a latency (every one, with eager_every=1)
+    timed: int = 0  # deliveries with a latency (every one with --timed-every 1)
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     max_ms: float = float("nan")
     drain_seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     reconnects: int = 0
+    fds_before: int = 0  # the server's descriptors before the streams opened
+    release_seconds: float = float("nan")  # from the clients closing to the server letting go
+    still_held: int = 0  # descriptors over fds_before when the wait for that ended
     server_log: list[str] = field(default_factory=list)
     failure: str = ""  # why the run stopped early
 
@@ -195,6 +199,22 @@ def wait_open(readers: Readers, server_pid: int, limit: float) -> dict[str, Any]
         raise TimeoutError(f"a reader process ended while opening streams: {exc!r}") from exc
 
 
+def wait_released(run: Run, pid: int, closed_at: float, limit: float) -> None:
+    """Wait (at most ``limit`` s) until the server has let go of the closed streams'
+    sockets, so that SIGTERM does not find it still cleaning up after them (that
+    would cancel the cleanups and fill the log), and time how long it took."""
+    margin = max(20, run.opened // 100)  # the publisher's and other stray sockets
+    while True:
+        run.still_held = max(0, server_fds(pid) - run.fds_before)
+        if run.still_held <= margin:
+            run.release_seconds = time.time() - closed_at
+            return
+        if time.time() - closed_at > limit:
+            log(f"  the server still holds {run.still_held:,} sockets {limit:g} s after the close")
+            return
+        time.sleep(0.1)
+
+
 def noteworthy_log(path: Path, keep: int = 6) -> list[str]:
     """The server runs at log level warning: every line it wrote is worth a look.
     Traceback frames are left out (their exception line and the log line before
@@ -221,8 +241,11 @@ def measure(run: Run, args: argparse.Namespace, workdir: Path) -> None:
             asyncio.run(warm_up_streams(server.port, STREAM_PATH, 20))
             time.sleep(1)
             run.rss_before = server.rss_kib()
-            # Every stream eager and timed: see the module's docstring.
-            readers = Readers(server.port, STREAM_PATH, args.streams, args.processes, None, 1)
+            run.fds_before = server_fds(server.process.pid)
+            # Which streams read eagerly and are timed: see the module's docstring.
+            readers = Readers(
+                server.port, STREAM_PATH, args.streams, args.processes, None, args.timed_every
+            )
             try:
                 measure_streams(run, readers, server, args)
             finally:
@@ -263,7 +286,9 @@ def measure_streams(run: Run, readers: Readers, server: Any, args: argparse.Name
     run.cpu = watch.stop()
     run.cpu["irq"] = irq_seconds() - irq0
     run.rss_end = server.rss_kib()
+    closed_at = time.time()
     reports = readers.stop()
+    wait_released(run, server.process.pid, closed_at, args.release_limit)
     latencies = array("d")
     for report in reports:
         run.reconnects += report["reconnects"]
@@ -298,10 +323,15 @@ def missed(run: Run) -> list[str]:
 
 def table(runs: list[Run], args: argparse.Namespace) -> str:
     offered = args.streams * args.rate
+    timed = (
+        "every stream"
+        if args.timed_every == 1
+        else f"one stream in {args.timed_every} (the others read in 50 ms pulses)"
+    )
     lines = [
         f"{args.streams:,} SSE streams on one topic, readers in {args.processes} processes; "
         f"{args.rate:g} events/s published for {args.seconds:g} s ({offered:,.0f} deliveries/s "
-        "offered), open loop; every stream timed from the send time in each payload to its "
+        f"offered), open loop; {timed} timed from the send time in each payload to its "
         "read. CPU over publishing and draining, in percent of one core.",
         "",
         "| server | streams open | open time s | RSS before / idle MiB | RSS per idle stream KiB "
@@ -343,10 +373,22 @@ def table(runs: list[Run], args: argparse.Namespace) -> str:
                 f"{1e3 * p.late:.0f} ms behind schedule"
             )
             parts.append(f"{run.timed:,} deliveries timed")
+        if run.cpu and run.delivered:
+            parts.append(f"server CPU {1e6 * run.cpu['server'] / run.delivered:.1f} us a delivery")
         if run.cpu:
             parts.append(
-                f"of the other work, {fmt(run.share('irq'))}% of a core was the kernel's "
-                "interrupts and softirqs (loopback TCP, charged to no process)"
+                f"the machine spent {fmt(run.share('irq'))}% of a core in interrupts and "
+                "softirqs (/proc/stat; loopback TCP, mostly)"
+            )
+        if run.release_seconds == run.release_seconds:
+            parts.append(
+                f"after the clients closed the streams, the server let go of their sockets "
+                f"in {run.release_seconds:.1f} s"
+            )
+        elif run.still_held:
+            parts.append(
+                f"the server still held {run.still_held:,} sockets {args.release_limit:g} s "
+                "after the clients closed the streams"
             )
         if run.rss_end:
             parts.append(f"RSS after publishing {run.rss_end / 1024:.1f} MiB")
@@ -378,9 +420,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="publishing time (default 20, quick 8)")
     parser.add_argument("--servers", default="eventhub,peer", help="among eventhub,peer")
     parser.add_argument("--quick", action="store_true", help="2,000 streams, 8 s")
+    parser.add_argument(
+        "--timed-every", type=int, default=1, help="time one stream in N (default 1: all)"
+    )
     parser.add_argument("--idle", type=float, default=3, help="idle s before the RSS reading")
     parser.add_argument("--open-limit", type=float, default=600, help="s to open the streams")
     parser.add_argument("--drain-limit", type=float, default=120, help="s to drain at most")
+    parser.add_argument(
+        "--release-limit", type=float, default=60, help="s to wait for closed streams to go"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="s for the whole run")
     parser.add_argument("--logs", type=Path, help="copy the servers' logs into this directory")
     args = parser.parse_args()
