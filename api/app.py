@@ -16,11 +16,13 @@ from . import errors
 from .auth import auth_from_settings
 from .body_limit import BodyLimitMiddleware
 from .fast_publish import FastPublish
+from .fast_stream import FastStream
 from .limits import ConnectionLimiter
 from .metrics import Metrics, MetricsMiddleware
 from .routes import audit, health, history, metrics, publish, stream, subscriptions, topics, ws
 from .routes import console as console_page
 from .settings import Settings
+from .sse import registry_of
 
 # Allocations (net of frees) between young-generation collections; CPython's
 # default is 700. See _settle_garbage_collector.
@@ -48,17 +50,23 @@ def _settle_garbage_collector() -> None:
 
 
 class EventHubApp(FastAPI):
-    """FastAPI, with the publish routes' ordinary case served ahead of its layers
-    (api/fast_publish.py explains why); everything else takes the usual way."""
+    """FastAPI, with the ordinary case of the publish routes and of the SSE stream
+    served ahead of its layers (api/fast_publish.py and api/fast_stream.py explain
+    why); everything else takes the usual way."""
 
     fast_publish: FastPublish | None = None
+    fast_stream: FastStream | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast_publish
         if fast is not None and (found := fast.route_of(scope)) is not None:
             await fast(*found, scope, receive, send, super().__call__)
-        else:
-            await super().__call__(scope, receive, send)
+            return
+        stream = self.fast_stream
+        if stream is not None and stream.serves(scope):
+            await stream(scope, receive, send, super().__call__)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _telemetry_enabled(app: FastAPI) -> bool:
@@ -94,12 +102,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.fast_publish = FastPublish(
                     hub, app.state.metrics, settings.body_limit, app.state.auth
                 )
+                app.fast_stream = FastStream(
+                    hub,
+                    settings,
+                    app.state.auth,
+                    app.state.metrics,
+                    registry_of(
+                        app.state,
+                        heartbeat_interval=settings.heartbeat_interval,
+                        write_timeout=settings.stream_write_timeout,
+                        coalesce=settings.stream_coalesce,
+                        frame_cache_bytes=settings.frame_cache_bytes,
+                    ),
+                    app.state.connections,
+                )
             if settings.gc_freeze:
                 _settle_garbage_collector()
             try:
                 yield
             finally:
                 app.fast_publish = None
+                app.fast_stream = None
 
     app = EventHubApp(
         title="eventhub-log",

@@ -25,7 +25,7 @@ before "simplifying" one away):
    then send ``: ping``), watches for server shutdown and for writes blocked too
    long. A busy stream pays nothing for any of this.
 4. Live events are written by the dispatcher itself, through the feed's
-   ``on_ready`` hook, while the stream's writer task stays parked: no task
+   ``on_ready`` hook, while the stream's writer loop stays parked: no task
    wake-up per stream per batch, and everything buffered goes out in one
    ``send`` (up to ``MAX_BATCH`` frames), so a batch costs one system call per
    stream, not one per event. The ASGI ``send`` is stepped by hand and finishes
@@ -40,7 +40,10 @@ before "simplifying" one away):
    per stream, at that much latency.
 5. Disconnects are watched by a task awaiting ``http.disconnect``, so an idle
    stream notices at once; cancelling the writer makes the hub delete the
-   stream's subscription rows in its shielded cleanup, in one transaction.
+   stream's subscription rows in its shielded cleanup, in one transaction. The
+   writer loop runs in the response's own task, not one of its own: at 10,000
+   idle streams each task is memory (``_Stream.run`` tells its own cancellation
+   from anyone else's).
 6. Shutdown: uvicorn waits for open responses before running the lifespan
    shutdown, so a stream that never ends holds a SIGTERM for the whole
    graceful timeout. The ticker reads uvicorn's ``should_exit`` through its
@@ -69,7 +72,7 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from starlette.responses import Response
@@ -262,8 +265,9 @@ class StreamRegistry:
 
 
 class _Stream:
-    """One open SSE response: a writer task, a disconnect listener, and the
-    ``on_ready`` hook through which live events are written on the spot."""
+    """One open SSE response: a writer loop in the response's task, a disconnect
+    listener task, and the ``on_ready`` hook through which live events are
+    written on the spot."""
 
     def __init__(
         self,
@@ -286,22 +290,30 @@ class _Stream:
         self.send_started = 0.0  # when a blocked send began; 0.0 when none is pending
         self._ending = False
         self._closed = False
-        self._writer: asyncio.Task[None] | None = None
+        # The task the writer runs in: the response's own, not one of its own (a
+        # task per stream is memory, and thousands of streams are idle).
+        self._writer: asyncio.Task[Any] | None = None
+        self._cut = False
         # A send the transport made wait (backpressure), finishing in a task.
         self._blocked: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        writer = self._writer = asyncio.create_task(self._write())
-        listener = asyncio.create_task(self._listen(writer))
+        writer = self._writer = asyncio.current_task()
+        assert writer is not None
+        listener = asyncio.create_task(self._listen())
         self.feed.on_ready = self._on_ready
         try:
-            await asyncio.wait((writer,))
+            await self._write()
+        except asyncio.CancelledError:
+            # Our own cut-off (or the client left) ends the stream quietly; any
+            # other cancellation goes on up.
+            if not self._cut or writer.uncancel() > 0:
+                raise
         finally:
             self._closed = True
             self.feed.on_ready = None
-            writer.cancel()
             listener.cancel()
-            tasks = [writer, listener]
+            tasks = [listener]
             if self._blocked is not None:
                 self._blocked.cancel()
                 tasks.append(self._blocked)
@@ -313,14 +325,15 @@ class _Stream:
         self.feed.nudge()
 
     def cut_off(self) -> None:
-        """Abandon a stream whose writes do not get through."""
-        if self._writer is not None:
+        """Abandon a stream whose writes do not get through (or whose client left)."""
+        if self._writer is not None and not self._cut and not self._closed:
+            self._cut = True  # one cancel only, so that ``run`` can tell it is ours
             self._writer.cancel()
 
-    async def _listen(self, writer: asyncio.Task[None]) -> None:
+    async def _listen(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        writer.cancel()
+        self.cut_off()
 
     def _on_ready(self) -> bool:
         """Live events arrived while the writer task waits: write them now, or,
@@ -485,6 +498,9 @@ class EventStreamResponse(Response):
         self._expires_at = expires_at
         self._connections = connections
         self._client = client
+        # Told the status as the head leaves, where no metrics middleware sees it
+        # (api/fast_stream.py).
+        self.observe: Callable[[int], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Counted while the response runs, so a stream that ends for any reason
@@ -495,7 +511,7 @@ class EventStreamResponse(Response):
         try:
             self._connections.acquire(self._client)
         except TooManyConnections as exc:
-            await _send_error(send, exc.status, exc.code, exc.message)
+            await _send_error(send, exc.status, exc.code, exc.message, self.observe)
             return
         try:
             await self._serve(scope, receive, send)
@@ -513,6 +529,8 @@ class EventStreamResponse(Response):
                 buffer=self._buffer,
             ) as feed:
                 topics = self._topics + sorted(set(feed.topics) - set(self._topics))
+                if self.observe is not None:
+                    self.observe(200)
                 await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
                 started = True
                 # What retention removed of the replay comes from the feed, page by
@@ -531,10 +549,16 @@ class EventStreamResponse(Response):
             # A cursor from another database is only found out once the stream
             # is registered; it is still refused before anything was sent.
             status, code, message, _ = public_error(exc)
-            await _send_error(send, status, code, message)
+            await _send_error(send, status, code, message, self.observe)
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+async def _send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    observe: Callable[[int], None] | None = None,
+) -> None:
     body = json.dumps(
         {"error": {"code": code, "message": message}}, ensure_ascii=False, separators=(",", ":")
     ).encode()
@@ -544,6 +568,8 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
     ]
     if status in (429, 503):
         headers.append((b"retry-after", b"1"))
+    if observe is not None:
+        observe(status)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

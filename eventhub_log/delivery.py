@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from typing import Protocol
 
 from .model import Event, Gap
-from .waiting import wait_event
+from .waiting import Wakeup, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class LogReader(Protocol):
 
 
 _NO_GAPS: tuple[Gap, ...] = ()
+# The buffer of every feed that has not buffered anything yet. Only ever read,
+# popped while non-empty (never) and cleared: each write replaces it first.
+_UNUSED: deque[Event] = deque(maxlen=0)
 # What retention removed of some topics that a reader after a position is owed.
 GapReader = Callable[[Collection[str], int], Awaitable[list[Gap]]]
 
@@ -113,14 +116,17 @@ class Feed:
         self._last_read: dict[str, int] = {}
         self._max_buffer = max_buffer
         self._max_bytes = max_buffer_bytes
-        self._live: deque[Event] = deque()
+        # Both buffers start as the shared, always empty ``_UNUSED`` and get a deque
+        # of their own on the first write (``_live_buffer``, ``_replay_buffer``):
+        # an empty deque is about 380 bytes, and most idle streams never replay.
+        self._live: deque[Event] = _UNUSED
         # Payload bytes offered to ``_live`` since an offer found it empty: at
         # least what it holds (events taken stay counted, as skipped duplicates
         # do, until then); meaningless while it is empty.
         self._live_bytes = 0
         self._page = FIRST_PAGE
-        self._replayed: deque[Event] = deque()
-        self._wake = asyncio.Event()
+        self._replayed: deque[Event] = _UNUSED
+        self._wake = Wakeup()
         self._waiting = False
         # Called by the dispatcher, instead of waking the reader, when events are
         # ready while the reader waits in ``next()``; returns whether it took care
@@ -196,6 +202,8 @@ class Feed:
             return False
         else:
             self._live_bytes += size
+        if live is _UNUSED:
+            live = self._live = deque()
         live.append(event)
         return True
 
@@ -222,6 +230,8 @@ class Feed:
         ):
             self._overflow(size // len(events))
             return False
+        if live is _UNUSED:
+            live = self._live = deque()
         live.extend(events)
         self._live_bytes = total
         return True
@@ -416,6 +426,8 @@ class Feed:
                 return
         if page:
             self._through = page[-1].position
+            if self._replayed is _UNUSED:
+                self._replayed = deque()
             self._replayed.extend(event for event in page if self._wanted(event))
         if complete and requests == self._catch_up_requests:
             # Reached the head with no new overflow meanwhile: live from here on.

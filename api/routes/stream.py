@@ -17,6 +17,7 @@ from ..limits import check_topic_count, client_key
 from ..sse import MEDIA_TYPE, EventStreamResponse, registry_of
 
 router = APIRouter(tags=["stream"])
+PATH = "/v1/stream"  # also served ahead of the app by api/fast_stream.py
 
 _ERROR = {
     "content": {
@@ -28,7 +29,7 @@ _ERROR = {
 
 
 @router.get(
-    "/v1/stream",
+    PATH,
     response_class=EventStreamResponse,
     # Said outright: FastAPI cannot read a default status from this response class,
     # and without one the whole OpenAPI document fails to build.
