@@ -138,7 +138,7 @@ class Run:
             found.append(self.failure)
         if self.opened < self.wanted:
             found.append(
-                f"{self.wanted - self.opened:,} of {self.wanted:,} streams did not open"
+                f"{self.wanted - self.opened:,} of {self.wanted:,} streams not reported open"
                 + (f" ({'; '.join(self.open_errors[:3])})" if self.open_errors else "")
             )
         if self.published is not None:
@@ -150,10 +150,11 @@ class Run:
                     f"(other answers {refused}, {p.errors} connection errors)"
                 )
             if self.delivered != self.expected:
-                word = "lost" if self.delivered < self.expected else "extra"
+                word = "missing" if self.delivered < self.expected else "too many"
                 found.append(
-                    f"{abs(self.expected - self.delivered):,} deliveries {word}: "
-                    f"{self.delivered:,} of {self.expected:,}"
+                    f"{abs(self.expected - self.delivered):,} deliveries {word} when the drain "
+                    f"ended after {self.drain_seconds:.1f} s: {self.delivered:,} of "
+                    f"{self.expected:,}"
                 )
         if self.reconnects:
             found.append(f"{self.reconnects} streams were closed by the server and reopened")
@@ -323,6 +324,7 @@ def missed(run: Run) -> list[str]:
 
 def table(runs: list[Run], args: argparse.Namespace) -> str:
     offered = args.streams * args.rate
+    nan = float("nan")  # what fmt prints as n/a
     timed = (
         "every stream"
         if args.timed_every == 1
@@ -353,9 +355,10 @@ def table(runs: list[Run], args: argparse.Namespace) -> str:
         others = fmt(run.share("others")) + "%" if run.cpu else "n/a"
         lines.append(
             f"| {run.name} | {run.opened:,} | {fmt(run.open_seconds, 1)} "
-            f"| {fmt(run.rss_before / 1024, 1)} / {fmt(run.rss_idle / 1024, 1)} "
+            f"| {fmt(run.rss_before / 1024, 1)} / {fmt(run.rss_idle / 1024 or nan, 1)} "
             f"| {fmt(run.kib_per_stream, 1)} | {delivered} | {fmt(run.p50_ms, 1)} "
-            f"| {fmt(run.p99_ms, 1)} | {fmt(run.max_ms, 1)} | {fmt(run.drain_seconds, 1)} "
+            f"| {fmt(run.p99_ms, 1)} | {fmt(run.max_ms, 1)} "
+            f"| {fmt(run.drain_seconds if run.published else nan, 1)} "
             f"| {cpu[0]} | {cpu[1]} | {others} | {met} |"
         )
     notes = []
