@@ -225,6 +225,16 @@ def _same_origin(origin: str, host: str | None, scheme: str) -> bool:
     return host is not None and origin.lower() == f"{expected}://{host}".lower()
 
 
+def anonymous_grant(text: str | None) -> Grant | None:
+    """``EVENTHUB_AUTH_ANONYMOUS``'s grant; text that is not one raises ``AuthKeyError``."""
+    if not text:
+        return None
+    try:
+        return Grant.parse(json.loads(text))
+    except (ValueError, GrantError) as exc:
+        raise AuthKeyError(f"EVENTHUB_AUTH_ANONYMOUS is not a grant object: {exc}") from None
+
+
 def auth_from_settings(settings: Settings) -> Auth:
     """The app's ``Auth``; a configuration that cannot work raises ``AuthKeyError``."""
     secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
@@ -234,15 +244,9 @@ def auth_from_settings(settings: Settings) -> Auth:
         public_key_file=settings.auth_public_key,
         audience=settings.auth_audience,
     )
-    anonymous: Grant | None = None
-    if settings.auth_anonymous:
-        try:
-            anonymous = Grant.parse(json.loads(settings.auth_anonymous))
-        except (ValueError, GrantError) as exc:
-            raise AuthKeyError(f"EVENTHUB_AUTH_ANONYMOUS is not a grant object: {exc}") from None
     return Auth(
         key,
-        anonymous=anonymous,
+        anonymous=anonymous_grant(settings.auth_anonymous),
         leeway=settings.auth_leeway,
         query_token=settings.auth_query_token,
     )
@@ -308,6 +312,7 @@ __all__ = [
     "IdentityDep",
     "Unauthorized",
     "admit_websocket",
+    "anonymous_grant",
     "auth_from_settings",
     "auth_of",
     "current_identity",

@@ -109,9 +109,12 @@ def serve_command(args: argparse.Namespace) -> int:
 def check_auth(host: str, *, insecure_no_auth: bool) -> str | None:
     """Why ``serve`` must not start with this key configuration on ``host``, or ``None``.
 
-    The key is loaded here, from the environment the app reads, so that a bad
-    one (unreadable, too short, two kinds) stops the command with its reason
+    The key (and the anonymous grant) is loaded here, from the environment the
+    app reads, so that a bad one (unreadable, too short, two kinds, a grant that
+    is not one) stops the command with its reason
     before uvicorn starts, rather than every worker failing on start-up."""
+    from .auth import anonymous_grant  # FastAPI's import, for serve only
+
     env = os.environ
     try:
         key = load_verification_key(
@@ -120,6 +123,7 @@ def check_auth(host: str, *, insecure_no_auth: bool) -> str | None:
             public_key_file=env.get("EVENTHUB_AUTH_PUBLIC_KEY"),
             audience=env.get("EVENTHUB_AUTH_AUDIENCE"),
         )
+        anonymous_grant(env.get("EVENTHUB_AUTH_ANONYMOUS"))
     except AuthKeyError as exc:
         return str(exc)
     if key is not None or is_loopback(host):

@@ -136,6 +136,8 @@ def test_bad_keys_are_refused_before_starting(tmp_path: Path) -> None:
         EVENTHUB_AUTH_PUBLIC_KEY=__file__,
     )
     assert "choose one" in both
+    grant = refused_serve(tmp_path, EVENTHUB_AUTH_SECRET=SECRET, EVENTHUB_AUTH_ANONYMOUS="{nope")
+    assert "EVENTHUB_AUTH_ANONYMOUS is not a grant object" in grant
 
 
 @pytest.fixture
