@@ -6,6 +6,7 @@ One command, markdown tables on stdout:
     .venv/bin/python bench/http_bench.py --quick    # a smoke run, under a minute
     .venv/bin/python bench/http_bench.py --update-docs   # also rewrite docs/benchmarks.md
     .venv/bin/python bench/http_bench.py --auth-compare  # REST and fan-out, auth off and on
+    .venv/bin/python bench/http_bench.py --chain-compare # REST, hash chain off and on
 
 Every server is its own uvicorn process, one worker, on a free 127.0.0.1 port:
 ``eventhub-log serve`` over a fresh SQLite file; ``http_ceiling.py`` (FastAPI
@@ -31,6 +32,13 @@ minted for the run on every request and stream), interleaved, and prints one
 table of the two side by side against the targets. Any answer other than 2xx,
 or a stream that did not open, ends the run with an error: a refused request is
 fast, and must not pass for a fast publish.
+
+``--chain-compare`` runs only 1, against ``eventhub-log serve`` and against the
+same command with the hash chain switched off (``serve_unchained.py``, a
+measurement aid of the benchmarks only), interleaved, and prints the chain's
+cost as the ratio of the two. Each server's last event is read back: the chained
+one must carry a real hash and the unchained one the placeholder, so that a
+comparison of two identical servers cannot pass for a measurement.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## HTTP and SSE"
 AUTH_SECTION = "## Auth on and off"
 AUTH_TOPIC = "bench"
+HUB_KINDS = ("eventhub", "eventhub-unchained")
 MAX_STREAMS = 100_000  # the hub's per-client limit during a run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -169,10 +178,15 @@ class Server:
 
     def argv(self) -> list[str]:
         bin_dir = Path(sys.executable).parent
-        if self.kind == "eventhub":
+        if self.kind in HUB_KINDS:
             database = self.workdir / f"bench-{self.port}.db"
+            command = (
+                [str(bin_dir / "eventhub-log")]
+                if self.kind == "eventhub"
+                else [sys.executable, str(BENCH / "serve_unchained.py")]
+            )
             return [
-                str(bin_dir / "eventhub-log"),
+                *command,
                 "serve",
                 "--port",
                 str(self.port),
@@ -224,7 +238,7 @@ class Server:
             try:
                 status, _ = asyncio.run(request_once(self.port, "GET", "/healthz"))
                 if status == 200:
-                    if self.kind == "eventhub":
+                    if self.kind in HUB_KINDS:
                         self.check_auth()
                     return self
             except OSError:
@@ -425,7 +439,7 @@ def rest_round(
         server.port, path, PUBLISH_BODY, connections=16, seconds=1, tool=tool, headers=headers
     )
     wait_for_quiet()
-    hub = server.kind == "eventhub"
+    hub = server.kind in HUB_KINDS
     stored_before = stored_events(server.port, AUTH_TOPIC, read_headers(auth)) if hub else 0
     watch = CpuWatch(server)
     result = rest_load(
@@ -1197,6 +1211,114 @@ def auth_table(compare: AuthCompare, profile: Profile, rounds: int, fan_out_roun
     return "\n".join([header, "", *lines, "", *(f"- {note}." for note in notes)])
 
 
+# --- hash chain on and off -------------------------------------------------------------------
+
+CHAIN_SECTION = "## Hash chain on and off"
+CHAIN_RATIO_TARGET = 0.90
+PLACEHOLDER_HASH = "0" * 64  # what serve_unchained.py's appends carry
+
+
+def last_hash(port: int, topic: str) -> str:
+    status, body = asyncio.run(
+        request_once(port, "GET", f"/v1/topics/{topic}/events?limit=1&order=desc")
+    )
+    if status != 200:
+        raise BenchmarkFailed(f"history of {topic!r} answered {status}: {body[:300]!r}")
+    events = json.loads(body)["events"]
+    if not events:
+        raise BenchmarkFailed(f"history of {topic!r} is empty after the run")
+    return str(events[0]["hash"])
+
+
+def chain_compare(
+    profile: Profile, workdir: Path, tool: str, rounds: int
+) -> dict[bool, list[RestRow]]:
+    """REST publish against ``eventhub-log serve`` with the chain on and off, interleaved
+    (off, on, then on, off, ...) so that other work on the machine weighs on both."""
+    path = f"/v1/topics/{AUTH_TOPIC}/events"
+    rows: dict[bool, list[RestRow]] = {False: [], True: []}
+    for round_number in range(rounds):
+        for on in [False, True] if round_number % 2 == 0 else [True, False]:
+            label = f"REST, chain {'on' if on else 'off'}, round {round_number + 1} of {rounds}"
+            kind = "eventhub" if on else "eventhub-unchained"
+            with running(HUB, kind, workdir) as server:
+                log(label)
+                row = rest_round(server, HUB, path, profile, tool)
+                digest = last_hash(server.port, AUTH_TOPIC)
+            check_rest(row, label)
+            if (digest == PLACEHOLDER_HASH) == on:
+                raise BenchmarkFailed(
+                    f"{label}: the last event's hash is {digest}; the chain was not "
+                    f"{'on' if on else 'off'}"
+                )
+            log(f"  {row.result.rps:,.0f} requests/s, {row.result.requests:,} answered 2xx")
+            rows[on].append(row)
+    return rows
+
+
+def chain_table(rows: dict[bool, list[RestRow]], profile: Profile, rounds: int) -> str:
+    best = {on: max(rows[on], key=lambda row: row.result.rps) for on in (False, True)}
+    off, on = best[False], best[True]
+    ratio = on.result.rps / off.result.rps
+
+    def per_request(row: RestRow) -> float:
+        return 1e6 * row.server_cpu / max(1, row.result.requests)
+
+    def rates(values: list[RestRow]) -> str:
+        return ", ".join(f"{row.result.rps:,.0f}" for row in values)
+
+    lines = [
+        "| figure | chain off | chain on | ratio (on / off) | target | met |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+        f"| REST publish, requests/s ({profile.rest_connections} connections, best of "
+        f"{rounds}) | {fmt(off.result.rps)} | {fmt(on.result.rps)} | {fmt(100 * ratio)}% "
+        f"| >= {100 * CHAIN_RATIO_TARGET:.0f}% of chain off | "
+        f"{'yes' if ratio >= CHAIN_RATIO_TARGET else 'NO'} |",
+        f"| REST publish, server CPU us/request | {fmt(per_request(off), 1)} "
+        f"| {fmt(per_request(on), 1)} | {fmt(100 * per_request(on) / per_request(off))}% | | |",
+        f"| REST publish, p99 ms | {fmt(off.result.p99_ms, 1)} | {fmt(on.result.p99_ms, 1)} "
+        f"| {fmt(100 * on.result.p99_ms / off.result.p99_ms)}% | | |",
+    ]
+    header = (
+        f"`eventhub-log serve` on SQLite against the same command with the hash chain "
+        f"switched off (`bench/serve_unchained.py`, a measurement aid: no canonical text, "
+        f"no SHA-256, a placeholder hash). {rounds} rounds of {profile.rest_seconds:g} s "
+        f"per mode with `{on.result.tool}`, modes interleaved, a fresh server each time, "
+        "the best round of each mode kept; each server's last event was read back with a "
+        "real hash (on) or the placeholder (off):"
+    )
+    notes = [
+        f"chain {'on' if mode else 'off'}: rounds {rates(rows[mode])} requests/s, "
+        f"{sum(r.result.requests for r in rows[mode]):,} answers, all 2xx and all stored"
+        for mode in (False, True)
+    ]
+    return "\n".join([header, "", *lines, "", *(f"- {note}." for note in notes)])
+
+
+def main_chain_compare(args: argparse.Namespace, profile: Profile) -> int:
+    command = ".venv/bin/python bench/http_bench.py --chain-compare" + (
+        " --quick" if args.quick else ""
+    )
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="eventhub-bench-") as tmp:
+        try:
+            rows = chain_compare(profile, Path(tmp), args.load_tool, args.rounds)
+        except BenchmarkFailed as exc:
+            print(f"http_bench: the run is not valid: {exc}", file=sys.stderr)
+            return 1
+    section = "\n\n".join(
+        [
+            CHAIN_SECTION,
+            machine_line(profile, started, command),
+            chain_table(rows, profile, args.rounds),
+        ]
+    )
+    print(section)
+    if args.update_docs:
+        update_docs(section, CHAIN_SECTION)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
@@ -1215,6 +1337,11 @@ def main() -> int:
         help=f"REST publish and SSE fan-out, auth off and on (--update-docs: {AUTH_SECTION!r})",
     )
     parser.add_argument(
+        "--chain-compare",
+        action="store_true",
+        help=f"REST publish, hash chain off and on (--update-docs: {CHAIN_SECTION!r})",
+    )
+    parser.add_argument(
         "--fanout-rounds",
         type=int,
         help="--auth-compare: fan-out runs per mode, best kept (default 2, quick 1)",
@@ -1231,6 +1358,8 @@ def main() -> int:
         profile.streams = args.streams
     if args.auth_compare:
         return main_auth_compare(args, profile)
+    if args.chain_compare:
+        return main_chain_compare(args, profile)
     chosen = set(args.only or ["rest", "fanout", "resume"])
     servers = args.servers.split(",")
     if "eventhub" not in servers:
