@@ -526,18 +526,23 @@ class Readers:
         processes: int,
         headers: dict[str, str] | None = None,
         eager_every: int = EAGER_EVERY,
+        topics: int = 0,
     ) -> None:
         """``eager_every``: every how many streams one reads eagerly and is timed
-        (``sse_readers``; 1 times every stream)."""
+        (``sse_readers``; 1 times every stream). ``topics``: spread the streams over
+        that many topics, a ``{n}`` in ``path`` (``sse_readers``)."""
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Connection] = []
         self.processes = []
         shares = [streams // processes + (i < streams % processes) for i in range(processes)]
+        first = 0
         for share in shares:
             parent, child = context.Pipe()
             process = context.Process(
-                target=reader_main, args=(child, port, path, share, headers, eager_every)
+                target=reader_main,
+                args=(child, port, path, share, headers, eager_every, first, topics),
             )
+            first += share
             process.start()
             self.pipes.append(parent)
             self.processes.append(process)

@@ -272,9 +272,11 @@ async def publish_paced(
     seconds: float,
     connections: int = 16,
     headers: dict[str, str] | None = None,
+    topics: int = 0,
 ) -> PublishResult:
     """Open-loop publishing at ``rate`` events/s: a slow response does not slow the schedule
-    (up to ``connections`` requests in flight)."""
+    (up to ``connections`` requests in flight). With ``topics``, a ``{n}`` in ``path``
+    is the event's number modulo ``topics``: the events go round that many topics."""
     result = PublishResult()
     idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
     for _ in range(connections):
@@ -286,8 +288,9 @@ async def publish_paced(
     origin = time.perf_counter()
 
     async def send(conn: HttpConnection, n: int) -> None:
+        target = path.replace("{n}", str(n % topics)) if topics else path
         try:
-            await _publish_one(conn, port, path, phase, n, result, headers)
+            await _publish_one(conn, port, target, phase, n, result, headers)
         finally:
             idle.put_nowait(conn)
 

@@ -15,7 +15,10 @@ up to ``LAZY_PERIOD`` to what a lazy stream sees, which is why only eager stream
 are timed.
 
 Every stream is opened (and reopened) with the ``headers`` the process was
-given, e.g. ``Authorization: Bearer <token>`` against a hub with auth on.
+given, e.g. ``Authorization: Bearer <token>`` against a hub with auth on. With
+``topics``, a ``{n}`` in the path is the stream's number (counted over every
+process, from ``first``) modulo ``topics``: the streams share that many topics
+evenly.
 
 Commands on the pipe: ``"counts"`` (events seen so far, per phase) and
 ``"stop"`` (close everything and send the full statistics).
@@ -105,10 +108,14 @@ class ReaderProcess:
         streams: int,
         headers: dict[str, str] | None = None,
         eager_every: int = EAGER_EVERY,
+        first: int = 0,
+        topics: int = 0,
     ) -> None:
         self.pipe = pipe
         self.headers = headers
         self.eager_every = eager_every
+        self.first = first
+        self.topics = topics
         self.port = port
         self.path = path
         self.streams = streams
@@ -125,7 +132,11 @@ class ReaderProcess:
     async def run(self) -> None:
         readers = [
             Reader(
-                self, self.port, self.path, eager=i % self.eager_every == 0, headers=self.headers
+                self,
+                self.port,
+                self.path_of(i),
+                eager=i % self.eager_every == 0,
+                headers=self.headers,
             )
             for i in range(self.streams)
         ]
@@ -167,6 +178,11 @@ class ReaderProcess:
                 await task
         self.pipe.send(self.report())
 
+    def path_of(self, index: int) -> str:
+        if not self.topics:
+            return self.path
+        return self.path.replace("{n}", str((self.first + index) % self.topics))
+
     async def pulse(self, lazy: list[Reader]) -> None:
         """Let the lazy streams read whatever has piled up, every ``LAZY_PERIOD`` s."""
         while True:
@@ -197,10 +213,13 @@ def reader_main(
     streams: int,
     headers: dict[str, str] | None = None,
     eager_every: int = EAGER_EVERY,
+    first: int = 0,
+    topics: int = 0,
 ) -> None:
     """Entry point of a reader process."""
     use_uvloop()
-    asyncio.run(ReaderProcess(pipe, port, path, streams, headers, eager_every).run())
+    process = ReaderProcess(pipe, port, path, streams, headers, eager_every, first, topics)
+    asyncio.run(process.run())
 
 
 async def catch_up(port: int, path: str, last_event_id: str, expected: int) -> dict[str, Any]:
