@@ -29,8 +29,9 @@ http_bench's readers (cheaper for the readers, the p99 then over one stream in
 five); the table says which. Publisher and readers share the machine's wall clock.
 
 A stream that failed to open, a publish answered other than 201, or an event
-that did not reach every stream is printed and makes the command exit 1; so does
-a run that exceeds ``--timeout``. Targets missed (latency, memory) are shown as
+that did not reach every stream is printed and makes the command exit 1; so do
+a stream the server closed (the reader reopens it with ``Last-Event-ID``) and a
+run that exceeds ``--timeout``. Targets missed (latency, memory) are shown as
 ``NO`` but are measurements, not failures of the run.
 """
 
@@ -112,6 +113,7 @@ class Run:
     reconnects: int = 0
     fds_before: int = 0  # the server's descriptors before the streams opened
     release_seconds: float = float("nan")  # from the clients closing to the server letting go
+    settle_seconds: float = float("nan")  # from the clients closing to the server's CPU quiet
     still_held: int = 0  # descriptors over fds_before when the wait for that ended
     server_log: list[str] = field(default_factory=list)
     failure: str = ""  # why the run stopped early
@@ -163,8 +165,8 @@ class Run:
 
 def irq_seconds() -> float:
     """CPU seconds the machine has spent in interrupts and softirqs since boot: the
-    kernel's side of loopback TCP, which no process is charged for, so CpuWatch
-    counts it as other work."""
+    kernel's side of loopback TCP, which is not always charged to the process that
+    caused it, so part of it may show as other work."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     return (int(fields[5]) + int(fields[6])) / CLK_TCK
 
@@ -200,20 +202,30 @@ def wait_open(readers: Readers, server_pid: int, limit: float) -> dict[str, Any]
         raise TimeoutError(f"a reader process ended while opening streams: {exc!r}") from exc
 
 
-def wait_released(run: Run, pid: int, closed_at: float, limit: float) -> None:
+def wait_released(run: Run, server: Any, closed_at: float, limit: float) -> None:
     """Wait (at most ``limit`` s) until the server has let go of the closed streams'
-    sockets, so that SIGTERM does not find it still cleaning up after them (that
-    would cancel the cleanups and fill the log), and time how long it took."""
+    sockets and then until its CPU is quiet (under 5% of a core for 0.5 s): a hub
+    may still be cleaning up after the streams when their sockets are gone. SIGTERM
+    in the middle of that would cancel the cleanups (and fill the log); how long it
+    takes is a figure of its own."""
+    pid = server.process.pid
     margin = max(20, run.opened // 100)  # the publisher's and other stray sockets
     while True:
         run.still_held = max(0, server_fds(pid) - run.fds_before)
         if run.still_held <= margin:
             run.release_seconds = time.time() - closed_at
-            return
+            break
         if time.time() - closed_at > limit:
             log(f"  the server still holds {run.still_held:,} sockets {limit:g} s after the close")
             return
         time.sleep(0.1)
+    while time.time() - closed_at < limit:
+        cpu0, started = server.cpu(), time.time()
+        time.sleep(0.5)
+        if server.cpu() - cpu0 < 0.05 * (time.time() - started):
+            run.settle_seconds = started - closed_at
+            return
+    log(f"  the server was still busy {limit:g} s after the close")
 
 
 def noteworthy_log(path: Path, keep: int = 6) -> list[str]:
@@ -260,16 +272,15 @@ def measure(run: Run, args: argparse.Namespace, workdir: Path) -> None:
 
 
 def measure_streams(run: Run, readers: Readers, server: Any, args: argparse.Namespace) -> None:
+    """Steps 2 and 3 of the module's docstring, against a started server."""
     try:
         ready = wait_open(readers, server.process.pid, args.open_limit)
     except TimeoutError as exc:
         run.failure = str(exc)
         return
-    run.opened, run.open_seconds, run.open_errors = (
-        ready["ready"],
-        ready["seconds"],
-        ready["errors"],
-    )
+    run.opened = ready["ready"]
+    run.open_seconds = ready["seconds"]  # the slowest reader process's
+    run.open_errors = ready["errors"]
     log(f"  {run.opened:,} streams open in {run.open_seconds:.1f} s; idle {args.idle:g} s")
     time.sleep(args.idle)
     run.rss_idle = server.rss_kib()
@@ -279,8 +290,19 @@ def measure_streams(run: Run, readers: Readers, server: Any, args: argparse.Name
         return
     wait_for_quiet()
     watch, irq0 = CpuWatch(server, readers.cpu), irq_seconds()
+    # publish_paced takes its connections in turn; each must come round again within
+    # uvicorn's 5 s keep-alive or the server will have closed it (a failed publish).
+    # That caps how far a slow server's answers can hold the schedule back.
+    connections = max(1, min(16, int(3 * args.rate)))
     run.published = asyncio.run(
-        publish_paced(server.port, PUBLISH_PATH, phase=PHASE, rate=args.rate, seconds=args.seconds)
+        publish_paced(
+            server.port,
+            PUBLISH_PATH,
+            phase=PHASE,
+            rate=args.rate,
+            seconds=args.seconds,
+            connections=connections,
+        )
     )
     log(f"  {run.published.accepted} events accepted; draining")
     run.drain_seconds = drain(readers, PHASE, run.expected, args.drain_limit)
@@ -289,7 +311,7 @@ def measure_streams(run: Run, readers: Readers, server: Any, args: argparse.Name
     run.rss_end = server.rss_kib()
     closed_at = time.time()
     reports = readers.stop()
-    wait_released(run, server.process.pid, closed_at, args.release_limit)
+    wait_released(run, server, closed_at, args.release_limit)
     latencies = array("d")
     for report in reports:
         run.reconnects += report["reconnects"]
@@ -386,7 +408,12 @@ def table(runs: list[Run], args: argparse.Namespace) -> str:
         if run.release_seconds == run.release_seconds:
             parts.append(
                 f"after the clients closed the streams, the server let go of their sockets "
-                f"in {run.release_seconds:.1f} s"
+                f"in {run.release_seconds:.1f} s and was quiet (under 5% CPU) after "
+                + (
+                    f"{run.settle_seconds:.1f} s"
+                    if run.settle_seconds == run.settle_seconds
+                    else f"more than {args.release_limit:g} s"
+                )
             )
         elif run.still_held:
             parts.append(
