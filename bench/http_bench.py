@@ -1301,8 +1301,10 @@ def chain_table(rows: dict[bool, list[RestRow]], profile: Profile, rounds: int) 
 
 
 def main_chain_compare(args: argparse.Namespace, profile: Profile) -> int:
-    command = ".venv/bin/python bench/http_bench.py --chain-compare" + (
-        " --quick" if args.quick else ""
+    command = (
+        ".venv/bin/python bench/http_bench.py --chain-compare"
+        + (" --quick" if args.quick else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 3 else "")
     )
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="eventhub-bench-") as tmp:
