@@ -611,6 +611,13 @@ class EventHub:
             feed.close()
             await _shielded(self._release(feed))
 
+    async def _close_rows(self, conn: AsyncConnection, feeds: list[Feed]) -> list[None]:
+        """The rows of every stream closing in this group, in two statements."""
+        await queries.remove_stream_rows(
+            conn, [(feed.subscriber_id, feed.connection_id) for feed in feeds]
+        )
+        return [None] * len(feeds)
+
     async def _open_rows(self, conn: AsyncConnection, feeds: list[Feed]) -> list[list[str]]:
         """The rows of every stream opening in this group: one upsert, one claim
         of the subscribers' stream-less rows and one read of their rows, instead
@@ -626,18 +633,12 @@ class EventHub:
         return [found.get(feed.subscriber_id, []) for feed in feeds]
 
     async def _release(self, feed: Feed) -> None:
-
-        async def close_rows(conn: AsyncConnection) -> int:
-            return await queries.remove_subscriber(
-                conn, feed.subscriber_id, connection_id=feed.connection_id
-            )
-
         try:
             if self._row_writes.running:
-                await self._row_writes.run(close_rows)
+                await self._row_writes.run_batched(self._close_rows, feed)
             else:  # the hub is closing: its own transaction
                 async with self.database.write() as conn:
-                    await close_rows(conn)
+                    await self._close_rows(conn, [feed])
         except Exception:
             # The heartbeat sweep removes them when this instance is gone.
             log.warning("could not remove the rows of %s", feed.subscriber_id, exc_info=True)

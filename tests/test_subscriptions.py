@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import event, func, select
 
 from eventhub_log import EventHub
@@ -96,3 +98,50 @@ async def test_subscriptions_survive_a_restart(database_url: str) -> None:
         await hub.subscribe("room:lobby", "ch-1")
     async with EventHub(database_url, auto_migrate=True) as hub:
         assert await hub.subscribers("room:lobby") == ["ch-1"]
+
+
+async def test_streams_closing_together_remove_their_rows_in_a_few_statements(
+    hub: EventHub,
+) -> None:
+    """300 clients leaving at once: every stream's rows go (with its subscriber's
+    rows made with no stream) in a few DELETEs, not one per stream; another
+    subscriber's rows stay, and so do those a newer stream of the same
+    subscriber has taken over."""
+    await hub.subscribe("lobby", "bystander")
+    await hub.subscribe("extra", "reader-7")  # made with no stream: goes with reader-7's
+    opened = 0
+    all_open = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def client(n: int) -> None:
+        nonlocal opened
+        async with hub.stream([f"t:{n}"], f"reader-{n}"):
+            opened += 1
+            if opened == 300:
+                all_open.set()
+            await leave.wait()
+
+    clients = [asyncio.create_task(client(n)) for n in range(300)]
+    await asyncio.wait_for(all_open.wait(), 60)
+    assert await _rows(hub, "reader-7") == 2
+    statements: list[str] = []
+
+    def watch(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM SUBSCRIPTIONS"):
+            statements.append(statement)
+
+    async with hub.stream(["t:9"], "reader-9") as newer:  # takes reader-9's row over
+        sync_engine = hub.database.engine.sync_engine
+        event.listen(sync_engine, "before_cursor_execute", watch)
+        try:
+            leave.set()
+            await asyncio.wait_for(asyncio.gather(*clients), 60)
+        finally:
+            event.remove(sync_engine, "before_cursor_execute", watch)
+        assert [n for n in range(300) if await _rows(hub, f"reader-{n}")] == [9]
+        assert await hub.subscriptions("reader-9") == ["t:9"]
+        assert newer.connection_id
+        assert await _rows(hub, "bystander") == 1
+        # Two statements a group of closes (up to 500 a group); one per stream before.
+        assert 2 <= len(statements) <= 20, len(statements)
+    assert await _rows(hub, "reader-9") == 0

@@ -435,6 +435,25 @@ async def remove_subscriber(
     return int((await conn.execute(query)).rowcount or 0)
 
 
+async def remove_stream_rows(conn: AsyncConnection, streams: Sequence[tuple[str, str]]) -> None:
+    """``remove_subscriber(conn, s, connection_id=c)`` for many ``(s, c)`` streams at
+    once, in two statements instead of one per stream: a stream's rows carry its
+    connection id (unique: a random one per stream), and its subscriber's rows
+    made with no stream go with it. 10,000 clients leaving at once otherwise
+    queued 10,000 statements, seconds of the writer's time."""
+    connection_ids = [connection_id for _, connection_id in streams]
+    subscriber_ids = sorted({subscriber_id for subscriber_id, _ in streams})
+    await conn.execute(
+        delete(subscriptions).where(subscriptions.c.connection_id.in_(connection_ids))
+    )
+    await conn.execute(
+        delete(subscriptions).where(
+            subscriptions.c.connection_id.is_(None),
+            subscriptions.c.subscriber_id.in_(subscriber_ids),
+        )
+    )
+
+
 async def claim_subscription(
     conn: AsyncConnection, subscriber_id: str, topic: str, connection_id: str, instance_id: str
 ) -> None:
