@@ -187,11 +187,15 @@ async def test_only_the_ordinary_request_takes_the_fast_path(database_url: str) 
             assert fast._response(ordinary_scope(query)) is not None, query
         cursor = [(b"last-event-id", b"0")]
         assert fast._response(ordinary_scope(b"topic=a", cursor)) is not None
+        empty_body = [(b"content-length", b"0")]
+        assert fast._response(ordinary_scope(b"topic=a", empty_body)) is not None
         left = [
             ordinary_scope(b"topic=a&subscriber=s1&subscriber=s2"),  # which one is the route's
             ordinary_scope(b"topic=a&from="),
             ordinary_scope(b"topic=a", cursor + cursor),
             ordinary_scope(b"topic=a", [(b"origin", b"http://x")]),
+            ordinary_scope(b"topic=a", [(b"content-length", b"5")]),
+            ordinary_scope(b"topic=a", [(b"transfer-encoding", b"chunked")]),
         ]
         for scope in left:
             assert fast._response(scope) is None, scope
