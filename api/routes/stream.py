@@ -52,6 +52,8 @@ _ERROR = {
         },
         422: {"description": "no topic, or an unknown `from` value", **_ERROR},
         429: {"description": "this client has too many streams and sockets open", **_ERROR},
+        503: {"description": "the database is unavailable", **_ERROR},
+        507: {"description": "the database has no room for the stream's rows", **_ERROR},
     },
 )
 async def stream(
