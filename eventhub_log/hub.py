@@ -612,7 +612,7 @@ class EventHub:
             await _shielded(self._release(feed))
 
     async def _close_rows(self, conn: AsyncConnection, feeds: list[Feed]) -> list[None]:
-        """The rows of every stream closing in this group, in two statements."""
+        """The rows of every stream closing in this group, in one statement."""
         await queries.remove_stream_rows(
             conn, [(feed.subscriber_id, feed.connection_id) for feed in feeds]
         )
