@@ -72,8 +72,9 @@ class LogReader(Protocol):
 
 
 _NO_GAPS: tuple[Gap, ...] = ()
-# The buffer of every feed that has not buffered anything yet. Only ever read,
-# popped while non-empty (never) and cleared: each write replaces it first.
+# The buffer of every feed that has not buffered anything yet: read, cleared and
+# popped only while non-empty (so never); each write to a feed's buffer swaps it
+# for a deque of the feed's own first (``offer``, ``offer_run``, ``_catch_up_page``).
 _UNUSED: deque[Event] = deque(maxlen=0)
 # What retention removed of some topics that a reader after a position is owed.
 GapReader = Callable[[Collection[str], int], Awaitable[list[Gap]]]
@@ -117,8 +118,8 @@ class Feed:
         self._max_buffer = max_buffer
         self._max_bytes = max_buffer_bytes
         # Both buffers start as the shared, always empty ``_UNUSED`` and get a deque
-        # of their own on the first write (``_live_buffer``, ``_replay_buffer``):
-        # an empty deque is about 380 bytes, and most idle streams never replay.
+        # of their own on the first write: an empty deque is about 380 bytes, and
+        # most idle streams never replay.
         self._live: deque[Event] = _UNUSED
         # Payload bytes offered to ``_live`` since an offer found it empty: at
         # least what it holds (events taken stay counted, as skipped duplicates
