@@ -36,6 +36,14 @@ class InvalidCursor(ValidationError):
     """A resume cursor (``Last-Event-ID``) is not one this hub hands out."""
 
 
+class OwnerLimitReached(ValidationError):
+    """The owner already has ``limit`` subscriptions that no stream holds."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this owner already has {limit} subscriptions with no open stream")
+        self.limit = limit
+
+
 class IdempotencyConflict(EventHubError):
     """An idempotency key was reused for a request with different events."""
 

@@ -16,7 +16,13 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .delivery import STREAM_BUFFER_BYTES, Dispatcher, Feed
-from .errors import DatabaseUnavailable, HubNotStarted, InvalidCursor, ValidationError
+from .errors import (
+    DatabaseUnavailable,
+    HubNotStarted,
+    InvalidCursor,
+    OwnerLimitReached,
+    ValidationError,
+)
 from .grouped_writes import GroupedWrites
 from .idempotency import purge_expired, request_hash, validate_key
 from .log import WRITE_QUEUE_BYTES, WRITE_QUEUE_EVENTS, GroupCommitWriter
@@ -851,14 +857,6 @@ def _pending(
         publisher,
         canonical,
     )
-
-
-class OwnerLimitReached(ValidationError):
-    """The owner already has ``limit`` subscriptions that no stream holds."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this owner already has {limit} subscriptions with no open stream")
-        self.limit = limit
 
 
 def _validate_owner(owner: object) -> str | None:

@@ -17,7 +17,7 @@ from httpx_sse import aconnect_sse
 from sqlalchemy import func, select, update
 
 from eventhub_log import EventHub, ValidationError
-from eventhub_log.hub import OwnerLimitReached
+from eventhub_log.errors import OwnerLimitReached
 from eventhub_log.store.tables import subscription_changes, subscriptions
 from eventhub_log.tokens import mint_token
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from eventhub_log.hub import OwnerLimitReached
+from eventhub_log.errors import OwnerLimitReached
 from eventhub_log.model import format_timestamp
 
 from ..auth import IdentityDep, require, require_subscriber
