@@ -16,9 +16,10 @@ not good enough, a repeated or empty parameter, a body, a browser's request
 with ``Origin``, whose CORS headers are the middleware's) goes to the full stack
 untouched, which stays the one place where error answers are made and which
 ``/docs`` describes. Nothing has been read or sent by then: a GET has no body.
-What the route would do is done here with the same functions, so the two
-cannot drift: validation, authorization, the subscriber an identity is given,
-the cursor's precedence, the connection limit (inside the response).
+Past reading the request, both ways go through one function,
+``routes.stream.stream_response``: validation, authorization, the subscriber an
+identity is given and the cursor are checked in one place, so the two cannot
+drift; the connection limit is the response's own.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventhub_log import EventHub
-from eventhub_log.model import parse_cursor
-from eventhub_log.validation import validate_subscriber, validate_topic
+from eventhub_log.errors import EventHubError
 
 from .auth import QUERY, Auth
-from .authz import Right
-from .limits import ConnectionLimiter, client_key
+from .errors import ApiError
+from .limits import ConnectionLimiter
 from .metrics import Metrics
-from .routes.stream import PATH, assigned_subscriber
+from .routes.stream import PATH, stream_response
 from .settings import Settings
 from .sse import EventStreamResponse, StreamRegistry
 
@@ -102,14 +102,8 @@ class FastStream:
                 return None  # a GET with a body: the body limit's to judge
         topics: list[str] = []
         scalars: dict[str, str] = {}
-        try:
-            query = parse_qsl(
-                scope["query_string"].decode("latin-1"),
-                keep_blank_values=True,
-                strict_parsing=False,
-            )
-        except ValueError:
-            return None
+        # As Starlette reads a query string (non-strict parsing never raises).
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         for key, value in query:
             if key == "topic":
                 topics.append(value)
@@ -120,38 +114,22 @@ class FastStream:
         from_ = scalars.get("from")
         if not topics or from_ not in (None, "earliest"):
             return None
-        settings = self.settings
-        try:
-            identity = self.auth.identify(self.auth.token_of_scope(scope))
-            topics = list(dict.fromkeys(validate_topic(name) for name in topics))
-            if len(topics) > settings.max_topics_per_stream:
-                return None
-            if not all(identity.may(Right.SUBSCRIBE, topic) for topic in topics):
-                return None
-            subscriber = scalars.get("subscriber")
-            if subscriber is not None:
-                validate_subscriber(subscriber)
-                if not identity.may_act_as(subscriber):
-                    return None
-            else:
-                subscriber = assigned_subscriber(identity)
-            cursor = last_event_id_header or scalars.get("last_event_id") or None
-            if cursor is not None:
-                parse_cursor(cursor)
-        except Exception:  # the route's 400, 401 or 403, made in the one place errors are
-            return None
         client = scope.get("client")
-        return EventStreamResponse(
-            self.hub,
-            self.registry,
-            topics=topics,
-            subscriber=subscriber,
-            after=cursor,
-            from_earliest=from_ == "earliest" and cursor is None,
-            expires_at=identity.expires_at,
-            connections=self.connections,
-            client=client_key(identity, client[0] if client else None),
-        )
+        try:
+            return stream_response(
+                self.hub,
+                self.registry,
+                self.connections,
+                self.settings,
+                self.auth.identify(self.auth.token_of_scope(scope)),
+                topics,
+                subscriber=scalars.get("subscriber"),
+                cursor=last_event_id_header or scalars.get("last_event_id") or None,
+                from_earliest=from_ == "earliest",
+                peer=client[0] if client else None,
+            )
+        except (ApiError, EventHubError):  # the route's 400, 401 or 403, made there
+            return None
 
 
 __all__ = ["FastStream"]

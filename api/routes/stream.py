@@ -7,14 +7,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 
+from eventhub_log import EventHub
 from eventhub_log.model import parse_cursor
 from eventhub_log.validation import validate_subscriber, validate_topic
 
 from ..auth import IdentityDep, require_all, require_subscriber
 from ..authz import Identity, Right
 from ..deps import HubDep, SettingsDep
-from ..limits import check_topic_count, client_key
-from ..sse import MEDIA_TYPE, EventStreamResponse, registry_of
+from ..limits import ConnectionLimiter, check_topic_count, client_key
+from ..settings import Settings
+from ..sse import MEDIA_TYPE, EventStreamResponse, StreamRegistry, registry_of
 
 router = APIRouter(tags=["stream"])
 PATH = "/v1/stream"  # also served ahead of the app by api/fast_stream.py
@@ -77,6 +79,43 @@ async def stream(
         Header(alias="Last-Event-ID", description="resume after this id (wins over the query)"),
     ] = None,
 ) -> EventStreamResponse:
+    return stream_response(
+        hub,
+        registry_of(
+            request.app.state,
+            heartbeat_interval=settings.heartbeat_interval,
+            write_timeout=settings.stream_write_timeout,
+            coalesce=settings.stream_coalesce,
+            frame_cache_bytes=settings.frame_cache_bytes,
+        ),
+        request.app.state.connections,
+        settings,
+        identity,
+        topic,
+        subscriber=subscriber,
+        cursor=last_event_id_header or last_event_id or None,
+        from_earliest=from_ == "earliest",
+        peer=request.client.host if request.client else None,
+    )
+
+
+def stream_response(
+    hub: EventHub,
+    registry: StreamRegistry,
+    connections: ConnectionLimiter,
+    settings: Settings,
+    identity: Identity,
+    topic: list[str],
+    *,
+    subscriber: str | None,
+    cursor: str | None,
+    from_earliest: bool,
+    peer: str | None,
+) -> EventStreamResponse:
+    """The stream a request asks for, once everything that can be refused has
+    been checked (raising the route's 400, 401 or 403). The route and the fast
+    path (api/fast_stream.py) both come through here: one place decides who
+    may stream what."""
     topics = list(dict.fromkeys(validate_topic(name) for name in topic))
     check_topic_count(len(topics), settings.max_topics_per_stream)
     require_all(identity, Right.SUBSCRIBE, topics)
@@ -86,27 +125,20 @@ async def stream(
     else:
         subscriber = assigned_subscriber(identity)
     # An EventSource reconnects to the URL it was opened with, adding the header:
-    # the header is the newer position, so it wins over the query, and a resume
-    # wins over from=earliest.
-    cursor = last_event_id_header or last_event_id or None
+    # the caller gives the header's cursor first, as the newer position, and a
+    # resume wins over from=earliest.
     if cursor is not None:
         parse_cursor(cursor)
     return EventStreamResponse(
         hub,
-        registry_of(
-            request.app.state,
-            heartbeat_interval=settings.heartbeat_interval,
-            write_timeout=settings.stream_write_timeout,
-            coalesce=settings.stream_coalesce,
-            frame_cache_bytes=settings.frame_cache_bytes,
-        ),
+        registry,
         topics=topics,
         subscriber=subscriber,
         after=cursor,
-        from_earliest=from_ == "earliest" and cursor is None,
+        from_earliest=from_earliest and cursor is None,
         expires_at=identity.expires_at,
-        connections=request.app.state.connections,
-        client=client_key(identity, request.client.host if request.client else None),
+        connections=connections,
+        client=client_key(identity, peer),
     )
 
 

@@ -419,29 +419,20 @@ async def remove_subscription(conn: AsyncConnection, topic: str, subscriber_id: 
     return bool(result.rowcount)
 
 
-async def remove_subscriber(
-    conn: AsyncConnection, subscriber_id: str, *, connection_id: str | None = None
-) -> int:
-    """Delete a subscriber's rows; with ``connection_id``, only those a newer stream
-    of the same subscriber has not taken over (plus rows made with no stream)."""
+async def remove_subscriber(conn: AsyncConnection, subscriber_id: str) -> int:
+    """Delete every row of a subscriber."""
     query = delete(subscriptions).where(subscriptions.c.subscriber_id == subscriber_id)
-    if connection_id is not None:
-        query = query.where(
-            or_(
-                subscriptions.c.connection_id == connection_id,
-                subscriptions.c.connection_id.is_(None),
-            )
-        )
     return int((await conn.execute(query)).rowcount or 0)
 
 
 async def remove_stream_rows(conn: AsyncConnection, streams: Sequence[tuple[str, str]]) -> None:
-    """``remove_subscriber(conn, s, connection_id=c)`` for many ``(s, c)`` streams at
-    once, in one statement instead of one per stream (10,000 clients leaving at
-    once queued 10,000 of them, seconds of the writer's time). The same rows: a
-    connection id is a random one per stream, so a row of one of these
-    subscribers carrying one of these connection ids is that stream's own.
-    Selected by subscriber, which is indexed."""
+    """The rows of closing ``(subscriber, connection id)`` streams: those a newer
+    stream of the same subscriber has not taken over, plus the subscriber's rows
+    made with no stream. One statement for many streams, not one each (10,000
+    clients leaving at once queued 10,000 of them, seconds of the writer's time).
+    A connection id is a random one per stream, so a row of one of these
+    subscribers carrying one of these ids is that stream's own. Selected by
+    subscriber, which is indexed."""
     connection_ids = [connection_id for _, connection_id in streams]
     subscriber_ids = sorted({subscriber_id for subscriber_id, _ in streams})
     await conn.execute(
