@@ -293,3 +293,73 @@ async def test_the_header_deadline_hooks_uvicorns_protocol(
     await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n")
     assert (await read(client, 5)).startswith(b"HTTP/1.1 408"), UVICORN_PROTOCOL
     client.close()
+
+
+UVICORN_CYCLE = broken(
+    "uvicorn.protocols.http.httptools_impl.RequestResponseCycle: the bound send an "
+    "app is given, its transport / flow / chunked_encoding / response_started / "
+    "response_complete / disconnected, and its chunk framing",
+    "api/direct_writes.py, the SSE stream's body writes that skip the ASGI send",
+    "Follow uvicorn's new cycle in direct_target and write_chunk, or make "
+    "direct_target return None (every write then takes the ASGI send, correct "
+    "but slower at many streams).",
+)
+
+
+async def test_direct_chunks_are_written_as_uvicorns_send_writes_them() -> None:
+    import socket
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from api import http_protocol
+    from api.direct_writes import direct_target, write_chunk
+
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def wrapped(message: Any) -> None:  # a middleware's send
+            await send(message)
+
+        seen["before_start"] = direct_target(send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        cycle = seen["cycle"] = direct_target(send)
+        seen["wrapped"] = direct_target(wrapped)
+        await send({"type": "http.response.body", "body": b"asgi:", "more_body": True})
+        seen["direct"] = cycle is not None and write_chunk(cycle, b"direct:")
+        seen["empty"] = cycle is not None and write_chunk(cycle, b"")
+        if cycle is not None:
+            cycle.flow.pause_writing()  # the transport pushes back
+            seen["paused"] = write_chunk(cycle, b"never")
+            cycle.flow.resume_writing()
+        await send({"type": "http.response.body", "body": b"end", "more_body": False})
+        seen["complete"] = cycle is not None and write_chunk(cycle, b"late")
+
+    config = uvicorn.Config(app, http=http_protocol.HeaderDeadlineProtocol, log_level="error")
+    config.load()
+    loop = asyncio.get_running_loop()
+    ours, client = socket.socketpair()
+    client.setblocking(False)
+    protocol = http_protocol.HeaderDeadlineProtocol(
+        config=config, server_state=ServerState(), app_state={}
+    )
+    await loop.connect_accepted_socket(lambda: protocol, ours)
+    await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    received = b""
+    while not received.endswith(b"0\r\n\r\n"):
+        part = await asyncio.wait_for(loop.sock_recv(client, 65536), 5)
+        assert part, received
+        received += part
+    client.close()
+
+    assert seen["before_start"] is None, UVICORN_CYCLE  # nothing to write into yet
+    assert seen["cycle"] is not None, UVICORN_CYCLE
+    assert seen["wrapped"] is None  # only uvicorn's own send is written around
+    assert seen["direct"] is True
+    assert seen["empty"] is False  # would end the body
+    assert seen["paused"] is False, UVICORN_CYCLE
+    assert seen["complete"] is False, UVICORN_CYCLE
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), UVICORN_CYCLE
+    # The direct chunk is framed as uvicorn frames the chunks around it.
+    assert body == b"5\r\nasgi:\r\n7\r\ndirect:\r\n3\r\nend\r\n0\r\n\r\n", UVICORN_CYCLE
