@@ -273,6 +273,27 @@ class _Stream:
     listener task, and the ``on_ready`` hook through which live events are
     written on the spot."""
 
+    # Compact, as the feeds are: each of thousands is touched once per event.
+    __slots__ = (
+        "_blocked",
+        "_closed",
+        "_coalesce",
+        "_cut",
+        "_direct",
+        "_ending",
+        "_frames",
+        "_loop",
+        "_receive",
+        "_registry",
+        "_send",
+        "_writer",
+        "expires_at",
+        "feed",
+        "last_write",
+        "send_started",
+        "subscriber",
+    )
+
     def __init__(
         self,
         feed: Feed,
