@@ -564,6 +564,10 @@ class Dispatcher:
         # Feeds with events buffered, to announce a slice per loop turn, oldest first.
         self._announcing: deque[Feed] = deque()
         self._announce_handle: asyncio.Handle | None = None
+        # Set while nothing is left to announce: a catch-up reads its next page
+        # only then, so it never buffers pages faster than feeds are told of them.
+        self._announced = asyncio.Event()
+        self._announced.set()
 
     async def start(self) -> None:
         self.through = await self._head()
@@ -573,7 +577,9 @@ class Dispatcher:
         if self._announce_handle is not None:
             self._announce_handle.cancel()
             self._announce_handle = None
-        self._announcing.clear()
+        while self._announcing:
+            self._announcing.popleft().announcing = False
+        self._announced.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -671,6 +677,7 @@ class Dispatcher:
             if not feed.announcing:  # already queued: one announcement covers both
                 feed.announcing = True
                 queue.append(feed)
+        self._announced.clear()
         if self._announce_handle is None:
             self._announce()
 
@@ -681,9 +688,11 @@ class Dispatcher:
         taken = [queue.popleft() for _ in range(min(NOTIFY_SLICE, len(queue)))]
         for feed in taken:
             feed.announcing = False
-        self._announce_handle = (
-            asyncio.get_running_loop().call_soon(self._announce) if queue else None
-        )
+        if queue:
+            self._announce_handle = asyncio.get_running_loop().call_soon(self._announce)
+        else:
+            self._announce_handle = None
+            self._announced.set()
         _notify_all(taken)
 
     def _fan_out(self, run: list[Event], ready: dict[Feed, None]) -> None:
@@ -748,3 +757,4 @@ class Dispatcher:
             self.deliver(page, from_log=True)
             if len(page) < limit:
                 return
+            await self._announced.wait()

@@ -112,5 +112,30 @@ async def test_stopping_drops_what_was_still_to_announce() -> None:
         await asyncio.sleep(0)
     assert sum(len(h.writes) for h in hooked) == NOTIFY_SLICE
     assert all(h.feed.closed for h in hooked)
+    assert not any(h.feed.announcing for h in hooked)
     # Closed feeds end their readers (after what they still held).
     await asyncio.gather(*(h.task for h in hooked), return_exceptions=True)
+
+
+async def test_a_catch_up_reads_its_next_page_once_the_last_one_is_announced() -> None:
+    """A backlog read from the log goes no faster than the feeds are told of it:
+    a page is announced to every feed before the next one is read."""
+    page_size = 3
+    backlog = [_event(position) for position in range(1, 3 * page_size + 1)]
+    hooked: list[Hooked] = []
+    told_at_each_read: list[int] = []
+
+    async def reader(after: int, _topics: object, _until: object, limit: int) -> list[Event]:
+        told_at_each_read.append(sum(len(h.writes) for h in hooked))
+        return [event for event in backlog if event.position > after][:limit]
+
+    # Pages of three events: a page holds three payloads like these.
+    dispatcher = Dispatcher(reader, _head, page_bytes=3 * len(backlog[0].payload_json))
+    dispatcher._page = page_size
+    hooked.extend(await _parked_feeds(dispatcher, FEEDS))
+    await dispatcher._catch_up()
+    # Each read after the first found every feed told of the page before it.
+    assert told_at_each_read == [0, FEEDS, 2 * FEEDS, 3 * FEEDS]
+    assert all(h.writes == [[1, 2, 3], [4, 5, 6], [7, 8, 9]] for h in hooked)
+    for h in hooked:
+        h.task.cancel()
