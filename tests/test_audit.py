@@ -32,7 +32,14 @@ from .wsclient import ws_connect, ws_url
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command, in a thread: the test's own hub keeps its event loop. A
+    blocked loop can leave one of the hub's SQLite write transactions open, and
+    the command then waits out the busy timeout."""
+    return await asyncio.to_thread(_run_cli, *args)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "eventhub_log.cli", *args],
         capture_output=True,
@@ -337,7 +344,7 @@ async def test_http_and_websocket_appends_verify_and_tampering_is_found(
         assert missing.status_code == 404
         assert "error" in missing.json()
 
-        done = cli("verify", "--database-url", database_url)
+        done = await cli("verify", "--database-url", database_url)
         assert done.returncode == 0, done.stderr
         assert "room:a: ok" in done.stdout
         assert "room:b: ok" in done.stdout
@@ -354,11 +361,11 @@ async def test_http_and_websocket_appends_verify_and_tampering_is_found(
         assert (broken["ok"], broken["through_seq"], broken["first_bad_seq"]) == (False, 1, 2)
         assert broken["head_hash"] == history[0]["hash"]
 
-    failed = cli("verify", "--database-url", database_url)
+    failed = await cli("verify", "--database-url", database_url)
     assert failed.returncode == 1
     assert "room:a: BROKEN at seq 2" in failed.stdout
     assert "room:b: ok" in failed.stdout
-    only_b = cli("verify", "--topic", "room:b", "--database-url", database_url)
+    only_b = await cli("verify", "--topic", "room:b", "--database-url", database_url)
     assert only_b.returncode == 0, only_b.stderr
     assert "room:a" not in only_b.stdout
 
@@ -371,7 +378,7 @@ async def test_the_standalone_script_verifies_a_cli_export(hub: EventHub, tmp_pa
     export = tmp_path / "export.ndjson"
     lines = []
     for topic in ("room:x", "room:y"):
-        run = cli("export", topic, "--database-url", url)
+        run = await cli("export", topic, "--database-url", url)
         assert run.returncode == 0, run.stderr
         lines.append(run.stdout)
     export.write_text("".join(lines))

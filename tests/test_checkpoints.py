@@ -6,6 +6,7 @@ Hashes of rewritten rows come from tests/hashes.py, not the project."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -71,6 +72,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+async def acli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``cli`` from an async test: in a thread, so that the test's own hub keeps
+    its event loop. A blocked loop can leave one of the hub's SQLite write
+    transactions open, and the command then waits out the busy timeout."""
+    return await asyncio.to_thread(cli, *args, **env)
+
+
 def cli(
     *args: str, module: str = "eventhub_log.cli", **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -120,7 +128,7 @@ async def test_a_consistent_rewrite_passes_verify_but_not_a_kept_checkpoint(
     await hub.publish("room:b", None, "other")
     url = url_of(hub)
 
-    made = cli("checkpoint", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path))
+    made = await acli("checkpoint", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path))
     assert made.returncode == 0, made.stderr
     kept = tmp_path / "checkpoints.json"
     kept.write_text(made.stdout)
@@ -134,7 +142,7 @@ async def test_a_consistent_rewrite_passes_verify_but_not_a_kept_checkpoint(
             base64.b64decode(checkpoint["signature"]), contract_message(checkpoint)
         )
 
-    holds = cli(
+    holds = await acli(
         "verify",
         "--checkpoint",
         str(kept),
@@ -146,23 +154,16 @@ async def test_a_consistent_rewrite_passes_verify_but_not_a_kept_checkpoint(
     assert holds.stdout.count(": ok") == 4  # two topics, two checkpoints
     assert holds.stderr == ""  # no progress bar when stderr is not a terminal
     # The private key's public half serves as well.
-    assert (
-        cli(
-            "verify",
-            "--checkpoint",
-            str(kept),
-            "--database-url",
-            url,
-            EVENTHUB_AUDIT_KEY=str(key_path),
-        ).returncode
-        == 0
+    with_private = await acli(
+        "verify", "--checkpoint", str(kept), "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path)
     )
+    assert with_private.returncode == 0, with_private.stdout + with_private.stderr
 
     await rewrite_consistently(hub, "room:a", 4, {"n": 4, "text": "rewritten"})
-    plain = cli("verify", "--database-url", url)
+    plain = await acli("verify", "--database-url", url)
     assert plain.returncode == 0, plain.stdout  # the chain alone cannot tell
     assert "room:a: ok" in plain.stdout
-    caught = cli(
+    caught = await acli(
         "verify",
         "--checkpoint",
         str(kept),
@@ -177,7 +178,7 @@ async def test_a_consistent_rewrite_passes_verify_but_not_a_kept_checkpoint(
     (line_b,) = [line for line in caught.stdout.splitlines() if "checkpoint room:b" in line]
     assert "): ok: holds" in line_b  # another topic: its checkpoint still holds
     # --topic narrows the chains verified; the checkpoint's topic is still checked.
-    only_b = cli(
+    only_b = await acli(
         "verify",
         "--topic",
         "room:b",
@@ -200,16 +201,16 @@ async def test_bad_signature_pruned_seq_and_bad_files_exit_1_without_a_traceback
     for n in range(1, 6):
         await hub.publish("t", None, n)
     url = url_of(hub)
-    made = cli(
+    made = await acli(
         "checkpoint", "--topic", "t", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path)
     )
     assert made.returncode == 0, made.stderr
     good = json.loads(made.stdout)
     assert good["seq"] == 5
 
-    def verify(*files: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    async def verify(*files: Path, **env: str) -> subprocess.CompletedProcess[str]:
         options = [item for f in files for item in ("--checkpoint", str(f))]
-        result = cli("verify", *options, "--database-url", url, **env)
+        result = await acli("verify", *options, "--database-url", url, **env)
         assert "Traceback" not in result.stderr + result.stdout
         return result
 
@@ -217,11 +218,13 @@ async def test_bad_signature_pruned_seq_and_bad_files_exit_1_without_a_traceback
     single, array = tmp_path / "one.json", tmp_path / "list.json"
     single.write_text(json.dumps(good, indent=2))
     array.write_text(json.dumps([good, good]))
-    ok = verify(single, array, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
+    ok = await verify(single, array, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     other = write_key(tmp_path / "other-key.pem")
-    wrong_key = verify(single, EVENTHUB_AUDIT_PUBLIC_KEY=str(write_public(other, tmp_path / "o")))
+    wrong_key = await verify(
+        single, EVENTHUB_AUDIT_PUBLIC_KEY=str(write_public(other, tmp_path / "o"))
+    )
     assert wrong_key.returncode == 1
     assert "bad signature" in wrong_key.stdout
     flipped = dict(good, signature=base64.b64encode(bytes(64)).decode())
@@ -229,7 +232,7 @@ async def test_bad_signature_pruned_seq_and_bad_files_exit_1_without_a_traceback
     for n, forged in enumerate((flipped, moved, dict(good, signature="not base64!"))):
         path = tmp_path / f"forged-{n}.json"
         path.write_text(json.dumps(forged))
-        result = verify(path, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
+        result = await verify(path, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
         assert result.returncode == 1, forged
         assert "bad signature" in result.stdout
 
@@ -242,39 +245,39 @@ async def test_bad_signature_pruned_seq_and_bad_files_exit_1_without_a_traceback
     ):
         path = tmp_path / name
         path.write_bytes(content.encode("utf-8", "surrogateescape"))
-        result = verify(path, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
+        result = await verify(path, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
         assert result.returncode == 1, name
         assert name in result.stdout
-    missing = verify(tmp_path / "absent.json", EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
+    missing = await verify(tmp_path / "absent.json", EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
     assert missing.returncode == 1
     assert "cannot read" in missing.stdout
 
-    no_key = verify(single)
+    no_key = await verify(single)
     assert no_key.returncode == 2
     assert "EVENTHUB_AUDIT_PUBLIC_KEY" in no_key.stderr
-    bad_key = verify(single, EVENTHUB_AUDIT_PUBLIC_KEY=str(tmp_path / "garbage.json"))
+    bad_key = await verify(single, EVENTHUB_AUDIT_PUBLIC_KEY=str(tmp_path / "garbage.json"))
     assert bad_key.returncode == 2
     assert "not a PEM public key" in bad_key.stderr
 
     await hub.publish("t", None, 6)
     await prune(hub.database, keep=1, topics=["t"])  # seq 5 goes
-    gone = verify(single, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
+    gone = await verify(single, EVENTHUB_AUDIT_PUBLIC_KEY=str(public))
     assert gone.returncode == 1
     assert "no longer stored" in gone.stdout
 
     # Every event pruned: nothing to checkpoint; named, that is exit 1.
     await prune(hub.database, keep=0, topics=["t"])
-    empty = cli(
+    empty = await acli(
         "checkpoint", "--topic", "t", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path)
     )
     assert (empty.returncode, empty.stdout) == (1, "")
     assert "no stored event" in empty.stderr
-    unknown = cli(
+    unknown = await acli(
         "checkpoint", "--topic", "nope", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path)
     )
     assert unknown.returncode == 1
     assert "no such topic" in unknown.stderr
-    no_signing_key = cli("checkpoint", "--database-url", url)
+    no_signing_key = await acli("checkpoint", "--database-url", url)
     assert no_signing_key.returncode == 2
     assert "EVENTHUB_AUDIT_KEY" in no_signing_key.stderr
 
@@ -316,7 +319,7 @@ async def test_rest_checkpoint_is_signed_as_the_contract_says(
             # A REST checkpoint is a checkpoint file for the CLI too.
             kept = tmp_path / "rest.json"
             kept.write_text(answer.text)
-            checked = cli(
+            checked = await acli(
                 "verify",
                 "--checkpoint",
                 str(kept),
@@ -387,7 +390,7 @@ async def test_the_standalone_script_checks_an_export_against_a_checkpoint(
         await hub.publish("room:x", None, {"n": n, "s": 'ü\n"q"'})
     await hub.publish("room:y", "ch-1", [1.5, None])
     url = url_of(hub)
-    made = cli("checkpoint", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path))
+    made = await acli("checkpoint", "--database-url", url, EVENTHUB_AUDIT_KEY=str(key_path))
     assert made.returncode == 0, made.stderr
     kept = tmp_path / "checkpoints.json"
     kept.write_text(made.stdout)
@@ -397,7 +400,7 @@ async def test_the_standalone_script_checks_an_export_against_a_checkpoint(
     parts = []
     for topic in ("room:x", "room:y"):
         out = tmp_path / f"{topic}.ndjson"
-        run = cli("export", topic, "--output", str(out), "--database-url", url)
+        run = await acli("export", topic, "--output", str(out), "--database-url", url)
         assert run.returncode == 0, run.stderr
         assert run.stdout == ""  # the events went to the file
         assert run.stderr == ""  # and no bar: stderr is not a terminal
@@ -441,7 +444,7 @@ async def test_export_output_is_all_or_nothing_and_shows_progress_on_a_terminal(
     # A failure leaves the old file as it was, and no temporary beside it: one
     # before any event (no database there), and one halfway through the writing.
     nowhere = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
-    failed = cli("export", "t", "--output", str(target), "--database-url", nowhere)
+    failed = await acli("export", "t", "--output", str(target), "--database-url", nowhere)
     assert failed.returncode != 0
     assert "Traceback" not in failed.stderr
     with pytest.raises(RuntimeError):
