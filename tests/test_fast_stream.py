@@ -202,3 +202,55 @@ async def test_only_the_ordinary_request_takes_the_fast_path(database_url: str) 
         assert not fast.serves({**ordinary_scope(b"topic=a"), "method": "HEAD"})
         assert not fast.serves({**ordinary_scope(b"topic=a"), "root_path": "/hub"})
         assert not fast.serves({**ordinary_scope(b"topic=a"), "path": "/v1/stream/"})
+
+
+async def test_the_fast_path_writes_chunks_straight_to_uvicorn_and_the_route_does_not(
+    database_url: str,
+) -> None:
+    """Served by uvicorn's own protocol, a fast-path stream hands uvicorn's send
+    down to the stream, whose chunks then skip the ASGI send (api/direct_writes.py);
+    through the route (here: a browser's ``Origin``) the middleware wraps the send
+    and every chunk takes the ASGI way. The events arrive alike either way."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from api.http_protocol import HeaderDeadlineProtocol
+
+    app = create_app(Settings(database_url=database_url, auto_migrate=True, gc_freeze=False))
+    config = uvicorn.Config(app, http=HeaderDeadlineProtocol, lifespan="off", log_level="error")
+    config.load()
+    loop = asyncio.get_running_loop()
+
+    async def open_stream(headers: bytes) -> tuple[socket.socket, bytes]:
+        ours, client = socket.socketpair()
+        client.setblocking(False)
+        protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
+        await loop.connect_accepted_socket(lambda: protocol, ours)
+        request = b"GET /v1/stream?topic=room:a HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        await loop.sock_sendall(client, request)
+        return client, await read_until(client, b"event: ready")
+
+    async def read_until(client: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
+        while marker not in received:
+            part = await asyncio.wait_for(loop.sock_recv(client, 65536), 10)
+            assert part, received
+            received += part
+        return received
+
+    async with app.router.lifespan_context(app):
+        fast, fast_head = await open_stream(b"")
+        routed, routed_head = await open_stream(b"Origin: http://elsewhere.example\r\n")
+        for head in (fast_head, routed_head):
+            assert b"transfer-encoding: chunked" in head.lower()
+        streams = list(app.state.sse_streams._streams)
+        assert len(streams) == 2
+        direct = sorted(stream._direct is not None for stream in streams)
+        assert direct == [False, True]  # the fast path's is direct, the route's is not
+
+        event = await app.state.hub.publish("room:a", None, {"n": 1})
+        frame = f"id: {event.id}\n".encode()
+        for client in (fast, routed):
+            assert frame in await read_until(client, b'"n":1')
+            client.close()
