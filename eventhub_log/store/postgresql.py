@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import event, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Insert
 
 from ..chain import canonical_payload, envelope
 from ..errors import DatabaseUnavailable, StorageError, StorageFull
 from ..model import Event, PendingEvent, format_timestamp, new_event
-from .tables import subscriptions, topics
+from .upserts import Upserts
 
 # LISTEN/NOTIFY channels (notify/postgres.py listens). Every write transaction
 # that appends events or changes subscriptions sends its NOTIFY itself: PostgreSQL
@@ -62,54 +60,12 @@ def configure(engine: AsyncEngine, *, synchronous: str, busy_timeout_ms: int) ->
             context.is_disconnect = True
 
 
-def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
-    stmt = pg_insert(topics).values(rows)
-    return stmt.on_conflict_do_update(
-        index_elements=[topics.c.topic],
-        set_={
-            "last_seq": topics.c.last_seq + stmt.excluded.last_seq,
-            "last_published_at": stmt.excluded.last_published_at,
-        },
-    ).returning(topics.c.topic, topics.c.last_seq, topics.c.last_hash)
-
-
-def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
-    """A stream's rows: taken over from whoever had them, with no lifetime."""
-    stmt = pg_insert(subscriptions).values(rows)
-    return stmt.on_conflict_do_update(
-        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
-        set_={
-            "connection_id": stmt.excluded.connection_id,
-            "instance_id": stmt.excluded.instance_id,
-            "expires_at": None,
-        },
-    )
-
-
-def subscription_upsert_many() -> Insert:
-    """``subscription_upsert`` executed with a list of rows: one statement compiled
-    once, where a multi-row VALUES is compiled again for every row count (45 ms
-    for 500 rows, most of what a group of 500 opens took)."""
-    stmt = pg_insert(subscriptions)
-    return stmt.on_conflict_do_update(
-        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
-        set_={
-            "connection_id": stmt.excluded.connection_id,
-            "instance_id": stmt.excluded.instance_id,
-            "expires_at": None,
-        },
-    )
-
-
-def subscription_refresh(rows: list[dict[str, Any]]) -> Insert:
-    """Rows with no stream: a row no stream holds gets the new owner and lifetime;
-    one a stream holds is left to it. Returns the rows written or refreshed."""
-    stmt = pg_insert(subscriptions).values(rows)
-    return stmt.on_conflict_do_update(
-        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
-        set_={"owner": stmt.excluded.owner, "expires_at": stmt.excluded.expires_at},
-        where=subscriptions.c.connection_id.is_(None),
-    ).returning(subscriptions.c.topic, subscriptions.c.expires_at)
+# The upserts queries.py calls on a dialect module (upserts.py).
+_UPSERTS = Upserts(pg_insert)
+topics_upsert = _UPSERTS.topics_upsert
+subscription_upsert = _UPSERTS.subscription_upsert
+subscription_upsert_many = _UPSERTS.subscription_upsert_many
+subscription_refresh = _UPSERTS.subscription_refresh
 
 
 # The writer's append as one call of ``eventhub_log_append`` (created by

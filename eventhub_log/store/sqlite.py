@@ -19,13 +19,13 @@ from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Insert
 
 from ..chain import GENESIS
 from ..errors import DatabaseUnavailable, StorageError, StorageFull
 from ..model import Event, PendingEvent
 from .queries import number_events
-from .tables import events, subscriptions, topics
+from .tables import events
+from .upserts import Upserts
 
 WRITE_OPTION = "eventhub_write"
 
@@ -79,54 +79,12 @@ def _is_memory(engine: AsyncEngine) -> bool:
     return database in (None, "", ":memory:") or "mode=memory" in str(engine.url)
 
 
-def topics_upsert(rows: list[dict[str, Any]]) -> Insert:
-    stmt = sqlite_insert(topics).values(rows)
-    return stmt.on_conflict_do_update(
-        index_elements=[topics.c.topic],
-        set_={
-            "last_seq": topics.c.last_seq + stmt.excluded.last_seq,
-            "last_published_at": stmt.excluded.last_published_at,
-        },
-    ).returning(topics.c.topic, topics.c.last_seq, topics.c.last_hash)
-
-
-def subscription_upsert(rows: list[dict[str, Any]]) -> Insert:
-    """A stream's rows: taken over from whoever had them, with no lifetime."""
-    stmt = sqlite_insert(subscriptions).values(rows)
-    return stmt.on_conflict_do_update(
-        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
-        set_={
-            "connection_id": stmt.excluded.connection_id,
-            "instance_id": stmt.excluded.instance_id,
-            "expires_at": None,
-        },
-    )
-
-
-def subscription_upsert_many() -> Insert:
-    """``subscription_upsert`` executed with a list of rows: one statement compiled
-    once, where a multi-row VALUES is compiled again for every row count (45 ms
-    for 500 rows, most of what a group of 500 opens took)."""
-    stmt = sqlite_insert(subscriptions)
-    return stmt.on_conflict_do_update(
-        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
-        set_={
-            "connection_id": stmt.excluded.connection_id,
-            "instance_id": stmt.excluded.instance_id,
-            "expires_at": None,
-        },
-    )
-
-
-def subscription_refresh(rows: list[dict[str, Any]]) -> Insert:
-    """Rows with no stream: a row no stream holds gets the new owner and lifetime;
-    one a stream holds is left to it. Returns the rows written or refreshed."""
-    stmt = sqlite_insert(subscriptions).values(rows)
-    return stmt.on_conflict_do_update(
-        index_elements=[subscriptions.c.topic, subscriptions.c.subscriber_id],
-        set_={"owner": stmt.excluded.owner, "expires_at": stmt.excluded.expires_at},
-        where=subscriptions.c.connection_id.is_(None),
-    ).returning(subscriptions.c.topic, subscriptions.c.expires_at)
+# The upserts queries.py calls on a dialect module (upserts.py).
+_UPSERTS = Upserts(sqlite_insert)
+topics_upsert = _UPSERTS.topics_upsert
+subscription_upsert = _UPSERTS.subscription_upsert
+subscription_upsert_many = _UPSERTS.subscription_upsert_many
+subscription_refresh = _UPSERTS.subscription_refresh
 
 
 # The group-commit writer's transaction, as one call on the driver's thread -----
