@@ -418,19 +418,12 @@ class _Stream:
         nothing else until it is done.
         """
         direct = self._direct
-        if direct is not None:
-            try:
-                written = write_chunk(direct, chunk)
-            except Exception:
-                log.debug("stream of %s: write failed", self.subscriber, exc_info=True)
-                self.cut_off()
-                return
-            if written:
+        try:
+            if direct is not None and write_chunk(direct, chunk):
                 self.last_write = self._loop.time()
                 return
-        message = {"type": "http.response.body", "body": chunk, "more_body": True}
-        sending = self._send(message).__await__()
-        try:
+            message = {"type": "http.response.body", "body": chunk, "more_body": True}
+            sending = self._send(message).__await__()
             awaited = sending.send(None)
         except StopIteration:
             self.last_write = self._loop.time()
